@@ -341,6 +341,17 @@ TEST_P(KernelTest, AttentionSmallHeadsAndGroups) {
   RunAttentionCase(GetParam(), {6, 2, 64, {1, 1}, {200, 3}, 3}, 9);
 }
 
+TEST_P(KernelTest, AttentionLongPromptAndMultiQueryGroups) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  // A 300-token prompt: several 64-key tiles through the double-buffered pipeline, and causal
+  // masks that cut tiles in the middle.
+  RunAttentionCase(GetParam(), {32, 2, 128, {300}, {300}, 1}, 10);
+  // 32 query heads on one KV head: 32 rows per decode item (two row warps, two key warps).
+  RunAttentionCase(GetParam(), {32, 1, 128, {1, 1, 1}, {300, 70, 1}, 2}, 11);
+  // Decode with 64-dim heads and empty splits (more splits than tiles).
+  RunAttentionCase(GetParam(), {16, 2, 64, {1, 1}, {65, 9}, 4}, 12);
+}
+
 TEST_P(KernelTest, SiluMulMatchesReference) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
@@ -384,6 +395,54 @@ TEST_P(KernelTest, GemvMatchesReferenceForOneToFourRows) {
       }
     ExpectClose(y.Download(), want, 2 * tc.tol + 1e-4f, 0.3f, "gemv M=" + std::to_string(M));
     cudaFree(d_alpha);
+  }
+}
+
+// The decode MLP's fused gate/up GEMV + SiLU-and-multiply against the unfused pair it replaces
+// (LaunchGemv into an act-type [M, 2F] buffer, then LaunchSiluMul): the same values, bit for bit.
+// K = 4096 + 64 bf16 is 520 vectors (four full rounds of 128 per lane and a tail); K = 200 has
+// fewer vectors than one round, so every lane runs the tail loop only.
+TEST_P(KernelTest, GemvSiluMulMatchesUnfusedPathBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  const int F = 300;
+  for (int K : {4096 + 64, 4096 + 8 * 24, 200}) {
+    for (int M = 1; M <= 4; ++M) {
+      for (bool with_alpha : {false, true}) {
+        const std::string what = "gemv_silu K=" + std::to_string(K) + " M=" + std::to_string(M) +
+                                 (with_alpha ? " alpha" : "");
+        Rng rng(50 + M + K);
+        TypedBuffer x(tc.types.weight, M * K), w(tc.types.weight, 2 * F * K),
+            gate_up(tc.types.act, M * 2 * F), unfused(tc.types.act, M * F), fused(tc.types.act, M * F);
+        x.Upload(rng.Vector(M * K, -1, 1));
+        w.Upload(rng.Vector(2 * F * K, -0.1, 0.1));
+        float alpha = 0.75f;
+        float* d_alpha = nullptr;
+        if (with_alpha) {
+          cudaMalloc(&d_alpha, 4);
+          cudaMemcpy(d_alpha, &alpha, 4, cudaMemcpyHostToDevice);
+        }
+        gate_up.Poison();
+        unfused.Poison();
+        fused.Poison();
+        ASSERT_TRUE(cuda::GemvSupports(tc.types.weight, M, K)) << what;
+        ASSERT_CUDA(cuda::LaunchGemv(tc.types, x.get(), w.get(), gate_up.get(), M, 2 * F, K, d_alpha, nullptr));
+        ASSERT_CUDA(cuda::LaunchSiluMul(tc.types, gate_up.get(), unfused.get(), M, F, nullptr));
+        ASSERT_CUDA(cuda::LaunchGemvSiluMul(tc.types, x.get(), w.get(), fused.get(), M, F, K, d_alpha, nullptr));
+        const auto want = unfused.Download();
+        const auto got = fused.Download();
+        ASSERT_EQ(got.size(), want.size()) << what;
+        int bad = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          EXPECT_TRUE(std::isfinite(want[i])) << what << "[" << i << "]";
+          if (!(got[i] == want[i]) && ++bad <= 5) {
+            EXPECT_EQ(got[i], want[i]) << what << "[" << i << "]";
+          }
+        }
+        EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " values differ";
+        if (d_alpha) cudaFree(d_alpha);
+      }
+    }
   }
 }
 

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -23,9 +24,10 @@ namespace {
 // splitmix64: tiny, fast, and the same on every platform.
 class SplitMix64 {
  public:
+  static constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ull;
   explicit SplitMix64(uint64_t seed) : state_(seed) {}
   uint64_t Next() {
-    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    uint64_t z = (state_ += kGamma);
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
@@ -47,10 +49,29 @@ uint64_t HashName(const std::string& name) {
 // by (seed, tensor name) so tensors do not depend on the order they are written in.
 std::vector<float> RandomValues(uint64_t seed, const std::string& name, int64_t n, float mean,
                                 float std) {
-  SplitMix64 rng(seed ^ HashName(name));
+  const uint64_t state0 = seed ^ HashName(name);
   const float amplitude = std * 1.7320508f;  // uniform(-a, a) has std a / sqrt(3)
   std::vector<float> out(static_cast<size_t>(n));
-  for (auto& v : out) v = mean + amplitude * rng.Symmetric();
+  // splitmix64's state after i draws is state0 + i * gamma, so chunks of the stream fill in
+  // parallel and the values do not depend on the thread count (a 9B checkpoint: ~9e9 draws).
+  auto fill = [&](int64_t begin, int64_t end) {
+    SplitMix64 rng(state0 + static_cast<uint64_t>(begin) * SplitMix64::kGamma);
+    for (int64_t i = begin; i < end; ++i) out[i] = mean + amplitude * rng.Symmetric();
+  };
+  constexpr int64_t kChunk = int64_t{1} << 22;
+  const int threads = static_cast<int>(std::min<int64_t>(
+      std::max(1u, std::thread::hardware_concurrency()), (n + kChunk - 1) / kChunk));
+  if (threads <= 1) {
+    fill(0, n);
+    return out;
+  }
+  std::vector<std::thread> pool;
+  const int64_t per = (n + threads - 1) / threads;
+  for (int t = 0; t < threads; ++t) {
+    const int64_t b = std::min(n, t * per), e = std::min(n, b + per);
+    pool.emplace_back(fill, b, e);
+  }
+  for (auto& th : pool) th.join();
   return out;
 }
 

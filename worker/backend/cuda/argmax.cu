@@ -4,6 +4,7 @@
 
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 
 namespace glm {
 namespace cuda {
@@ -31,6 +32,8 @@ template <typename Act>
 __global__ void __launch_bounds__(kArgmaxThreads)
 ArgmaxKernel(const Act* __restrict__ logits, int V, float* __restrict__ logits_f32,
              int32_t* __restrict__ tokens, int32_t* __restrict__ finite) {
+  GridDependencyWait();
+  LaunchDependents();
   const int r = blockIdx.x;
   const Act* row = logits + static_cast<int64_t>(r) * V;
   float* out = logits_f32 ? logits_f32 + static_cast<int64_t>(r) * V : nullptr;
@@ -66,19 +69,16 @@ cudaError_t LaunchArgmax(DType act, const void* logits, int rows, int V, float* 
   if (rows == 0) return cudaSuccess;
   switch (act) {
     case DType::kF32:
-      ArgmaxKernel<float><<<rows, kArgmaxThreads, 0, stream>>>(static_cast<const float*>(logits),
-                                                               V, logits_f32, tokens, finite);
-      break;
+      return LaunchKernel(ArgmaxKernel<float>, rows, kArgmaxThreads, 0, stream,
+                          static_cast<const float*>(logits), V, logits_f32, tokens, finite);
     case DType::kBF16:
-      ArgmaxKernel<Bf16><<<rows, kArgmaxThreads, 0, stream>>>(static_cast<const Bf16*>(logits),
-                                                              V, logits_f32, tokens, finite);
-      break;
+      return LaunchKernel(ArgmaxKernel<Bf16>, rows, kArgmaxThreads, 0, stream,
+                          static_cast<const Bf16*>(logits), V, logits_f32, tokens, finite);
     case DType::kF16:
-      ArgmaxKernel<__half><<<rows, kArgmaxThreads, 0, stream>>>(
-          static_cast<const __half*>(logits), V, logits_f32, tokens, finite);
-      break;
+      return LaunchKernel(ArgmaxKernel<__half>, rows, kArgmaxThreads, 0, stream,
+                          static_cast<const __half*>(logits), V, logits_f32, tokens, finite);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

@@ -16,6 +16,7 @@
 #include "worker/backend/cuda/attention_item.cuh"
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 
 namespace glm {
 namespace cuda {
@@ -45,6 +46,8 @@ __global__ void __launch_bounds__(kAttnThreads) PagedAttentionKernel(AttentionAr
   float* p_s = v_s + kKeyTile * kKStride;        // [kRows, kKeyTile]
   __shared__ int row_pos[kRows];                 // absolute position of each row, -1: unused
 
+  GridDependencyWait();  // the item tables, q and the KV cache come from earlier kernels
+  LaunchDependents();
   const int kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const AttentionItem it(a, blockIdx.x, G);
@@ -174,6 +177,8 @@ template <typename Act>
 __global__ void AttentionCombineKernel(const float* __restrict__ partial_out,
                                        const float* __restrict__ partial_ml, Act* __restrict__ out,
                                        int splits, int T, int H, int Dh) {
+  GridDependencyWait();
+  LaunchDependents();
   const int t = blockIdx.x, h = blockIdx.y;
   float gm = -INFINITY;
   for (int s = 0; s < splits; ++s)
@@ -201,8 +206,8 @@ cudaError_t LaunchAttentionTyped(const AttentionArgs& a, int G, cudaStream_t str
       static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
   const dim3 grid(a.num_items, a.Hkv, a.splits);
-  PagedAttentionKernel<Act, KV, RPW, DH><<<grid, kAttnThreads, smem, stream>>>(a, G);
-  return cudaGetLastError();
+  return LaunchKernel(PagedAttentionKernel<Act, KV, RPW, DH>, grid, kAttnThreads, smem, stream, a,
+                      G);
 }
 
 template <typename Act, typename KV, int RPW>
@@ -221,7 +226,7 @@ cudaError_t LaunchAttentionDh(const AttentionArgs& a, int G, cudaStream_t stream
 int AttentionTokensPerItem(int G) { return G >= kPrefillRows ? 1 : kPrefillRows / G; }
 
 cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
-  if (PrefillAttentionMmaSupports(types, a)) return LaunchPrefillAttentionMma(types, a, stream);
+  if (AttentionMmaSupports(types, a)) return LaunchAttentionMma(types, a, stream);
   return LaunchPagedAttentionSimt(types, a, stream);
 }
 
@@ -244,19 +249,16 @@ cudaError_t LaunchAttentionCombine(KernelTypes types, const float* partial_out,
   const dim3 grid(T, H);
   switch (types.act) {
     case DType::kF32:
-      AttentionCombineKernel<float><<<grid, Dh, 0, stream>>>(partial_out, partial_ml,
-                                                            static_cast<float*>(out), splits, T, H, Dh);
-      break;
+      return LaunchKernel(AttentionCombineKernel<float>, grid, Dh, 0, stream, partial_out,
+                          partial_ml, static_cast<float*>(out), splits, T, H, Dh);
     case DType::kBF16:
-      AttentionCombineKernel<Bf16><<<grid, Dh, 0, stream>>>(partial_out, partial_ml,
-                                                           static_cast<Bf16*>(out), splits, T, H, Dh);
-      break;
+      return LaunchKernel(AttentionCombineKernel<Bf16>, grid, Dh, 0, stream, partial_out,
+                          partial_ml, static_cast<Bf16*>(out), splits, T, H, Dh);
     case DType::kF16:
-      AttentionCombineKernel<__half><<<grid, Dh, 0, stream>>>(partial_out, partial_ml,
-                                                             static_cast<__half*>(out), splits, T, H, Dh);
-      break;
+      return LaunchKernel(AttentionCombineKernel<__half>, grid, Dh, 0, stream, partial_out,
+                          partial_ml, static_cast<__half*>(out), splits, T, H, Dh);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

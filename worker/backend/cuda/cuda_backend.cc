@@ -3,7 +3,8 @@
 //
 // One step (T new tokens of S sequences, R of them wanting logits), all on one stream:
 //   embedding -> per layer: add+norm, QKV GEMM, bias+rotary+KV write, paged attention,
-//   o_proj GEMM, add(+post-norm)+norm, gate_up GEMM, SiLU*up, down GEMM
+//   o_proj GEMM, add(+post-norm)+norm, gate_up GEMM, SiLU*up (decode: fused into the GEMV),
+//   down GEMM
 //   -> final add+norm on the R logit rows only -> LM head GEMM -> argmax + finite check.
 // The step's integer inputs travel in one host-to-device copy (StepLayout); the kernels read the
 // block-table stride from the device, so a decode graph captured for a padded batch size replays
@@ -28,6 +29,7 @@
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/cuda_check.h"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 #include "worker/model/safetensors.h"
 #include "worker/parallel/communicator.h"
 #include "worker/parallel/shard_plan.h"
@@ -369,6 +371,14 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
   types_ = TypesFor(options.precision);
   ASSIGN_OR_RETURN(GpuInfo gpu, ProbeGpu(device_));
   sm_count_ = gpu.sm_count;
+  {
+    // Programmatic dependent launch (sm90+) for the own kernels; GLM_CUDA_PDL=0 turns it off.
+    const char* pdl_env = std::getenv("GLM_CUDA_PDL");
+    const bool pdl = gpu.compute_major >= 9 && !(pdl_env != nullptr && std::strcmp(pdl_env, "0") == 0);
+    cuda::SetProgrammaticLaunch(pdl);
+    GLM_LOG(INFO) << "cuda backend: programmatic dependent launch "
+                  << (pdl ? "on" : (gpu.compute_major >= 9 ? "off (GLM_CUDA_PDL=0)" : "off (needs sm90+)"));
+  }
   if (options.precision == Precision::kBf16 && !gpu.supports_bf16()) {
     return absl::FailedPreconditionError(absl::StrFormat(
         "precision bf16 needs sm80+, this GPU is sm%d%d (%s): start with --precision=fp32 or "
@@ -787,6 +797,10 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
   int32_t* step = step_dev_.get<int32_t>();
   const int64_t kv_layer_elems = int64_t{num_blocks_} * block_size_ * Hkv * Dh;
   const int64_t welem = DTypeSize(types_.weight);
+  // Decode steps (T <= 4) fuse SiLU-and-multiply into the gate/up GEMV; not in fp16-safe mode,
+  // whose Gemm() scales the fp32 activations into an fp16 GEMM input first.
+  const bool fused_gate_up_silu =
+      types_.act == types_.weight && cuda::GemvSupports(types_.weight, T, D);
 
   // Tensor parallelism: row-parallel outputs (vocab-parallel embedding, o_proj, down_proj) are
   // summed over the group before anything else reads them (post norms, residual add).
@@ -869,13 +883,22 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
           w.post_attention_norm.get(), normed_.get(), nullptr, T, D, eps, stream_));
       return absl::OkStatus();
     }));
-    RETURN_IF_ERROR(Phase("gemm_gate_up", [&] {
-      return Gemm(normed_.get(), T, 2 * F, D, w.gate_up, gate_up_.get());
-    }));
-    RETURN_IF_ERROR(Phase("silu_mul", [&] {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchSiluMul(types_, gate_up_.get(), mlp_.get(), T, F, stream_));
-      return absl::OkStatus();
-    }));
+    if (fused_gate_up_silu) {
+      // Decode: one GEMV streams the gate and up rows and writes silu(g) * u (no gate_up round trip).
+      RETURN_IF_ERROR(Phase("gemm_gate_up_silu", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchGemvSiluMul(types_, normed_.get(), w.gate_up.get(), mlp_.get(),
+                                                     T, F, D, nullptr, stream_));
+        return absl::OkStatus();
+      }));
+    } else {
+      RETURN_IF_ERROR(Phase("gemm_gate_up", [&] {
+        return Gemm(normed_.get(), T, 2 * F, D, w.gate_up, gate_up_.get());
+      }));
+      RETURN_IF_ERROR(Phase("silu_mul", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchSiluMul(types_, gate_up_.get(), mlp_.get(), T, F, stream_));
+        return absl::OkStatus();
+      }));
+    }
     RETURN_IF_ERROR(Phase("gemm_down", [&] { return Gemm(mlp_.get(), T, D, F, w.down, delta_.get()); }));
     RETURN_IF_ERROR(all_reduce(delta_));
   }

@@ -89,11 +89,11 @@ int AttentionTokensPerItem(int G);
 // Largest head_dim the attention kernels take.
 constexpr int kMaxAttentionHeadDim = 128;
 cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
-// Tensor-core variant for prefill items (bf16/fp16 with act == weight, splits == 1, more than 16
-// query rows per item); LaunchPagedAttention picks it by itself where it applies.
-bool PrefillAttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
-cudaError_t LaunchPrefillAttentionMma(KernelTypes types, const AttentionArgs& args,
-                                      cudaStream_t stream);
+// Tensor-core variant (mma.sync, attention_mma.cu) for decode, prefill and splits: bf16/fp16 with
+// act == weight, Dh in {32, 64, 128}, at most 64 query rows per item, sm80+.
+// LaunchPagedAttention picks it by itself where it applies.
+bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
+cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
 // The CUDA-core kernel only (tests compare the two).
 cudaError_t LaunchPagedAttentionSimt(KernelTypes types, const AttentionArgs& args,
                                      cudaStream_t stream);
@@ -111,6 +111,13 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
 bool GemvSupports(DType weight, int M, int K);
 cudaError_t LaunchGemv(KernelTypes types, const void* x, const void* w, void* y, int M, int N,
                        int K, const float* alpha, cudaStream_t stream);
+// Decode MLP gate/up projection with SiLU-and-multiply fused into the epilogue:
+//   y[m, j] = silu(g) * u,  g = alpha * x[m] . w_gate_up[j],  u = alpha * x[m] . w_gate_up[F + j]
+// x: [M, K] weight type, w_gate_up: [2F, K] weight (gate rows, then up rows), y: [M, F] act.
+// Bit-identical to LaunchGemv into an act-type [M, 2F] buffer followed by LaunchSiluMul.
+// Supported where GemvSupports(types.weight, M, K) holds.
+cudaError_t LaunchGemvSiluMul(KernelTypes types, const void* x, const void* w_gate_up, void* y,
+                              int M, int F, int K, const float* alpha, cudaStream_t stream);
 
 // fp16-safe GEMM inputs: out = fp16(x * s), s = 1 or the power of two that brings max|x| to
 // <= 2^15 when it is larger; alpha = 1/s for the GEMM. x: [n] fp32, out: [n] fp16,

@@ -4,6 +4,7 @@
 
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 
 namespace glm {
 namespace cuda {
@@ -14,6 +15,8 @@ constexpr int kRowThreads = 256;
 template <typename Act, typename Weight>
 __global__ void EmbeddingKernel(const int32_t* __restrict__ ids, const Weight* __restrict__ table,
                                 Act* __restrict__ out, int D) {
+  GridDependencyWait();
+  LaunchDependents();
   const int t = blockIdx.x;
   const Weight* row = table + static_cast<int64_t>(ids[t]) * D;
   Act* dst = out + static_cast<int64_t>(t) * D;
@@ -26,6 +29,8 @@ template <typename Act, typename Weight>
 __global__ void EmbeddingShardKernel(const int32_t* __restrict__ ids,
                                      const Weight* __restrict__ table, Act* __restrict__ out,
                                      int D, int vocab_begin, int vocab) {
+  GridDependencyWait();
+  LaunchDependents();
   const int t = blockIdx.x;
   const int local = ids[t] - vocab_begin;
   Act* dst = out + static_cast<int64_t>(t) * D;
@@ -57,6 +62,8 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                  Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps) {
   extern __shared__ float row[];  // [D]
   __shared__ float scratch[32];
+  GridDependencyWait();
+  LaunchDependents();
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
@@ -93,6 +100,8 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 template <typename Act>
 __global__ void SiluMulKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F,
                               int64_t n) {
+  GridDependencyWait();
+  LaunchDependents();
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = idx / F, j = idx % F;
@@ -104,6 +113,8 @@ __global__ void SiluMulKernel(const Act* __restrict__ gate_up, Act* __restrict__
 }
 
 __global__ void AbsMaxKernel(const float* __restrict__ x, int64_t n, uint32_t* amax) {
+  GridDependencyWait();
+  LaunchDependents();
   float m = 0.f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -122,6 +133,8 @@ __device__ __forceinline__ float Fp16SafeScale(uint32_t amax_bits) {
 
 __global__ void ScaleToFp16Kernel(const float* __restrict__ x, int64_t n, __half* __restrict__ out,
                                   const uint32_t* amax, float* alpha) {
+  GridDependencyWait();
+  LaunchDependents();
   const float s = Fp16SafeScale(*amax);
   if (blockIdx.x == 0 && threadIdx.x == 0) *alpha = 1.f / s;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -131,6 +144,8 @@ __global__ void ScaleToFp16Kernel(const float* __restrict__ x, int64_t n, __half
 
 template <typename From, typename To>
 __global__ void ConvertKernel(const From* __restrict__ in, To* __restrict__ out, int64_t n) {
+  GridDependencyWait();
+  LaunchDependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = FromFloat<To>(ToFloat(in[i]));
@@ -147,9 +162,8 @@ cudaError_t LaunchEmbedding(KernelTypes types, const int32_t* ids, const void* t
                             int T, int D, cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   return GLM_DISPATCH_TYPES(types, {
-    EmbeddingKernel<Act, Weight><<<T, 256, 0, stream>>>(
-        ids, static_cast<const Weight*>(table), static_cast<Act*>(out), D);
-    return cudaGetLastError();
+    return LaunchKernel(EmbeddingKernel<Act, Weight>, T, 256, 0, stream, ids,
+                        static_cast<const Weight*>(table), static_cast<Act*>(out), D);
   });
 }
 
@@ -158,9 +172,9 @@ cudaError_t LaunchEmbeddingShard(KernelTypes types, const int32_t* ids, const vo
                                  cudaStream_t stream) {
   if (T == 0) return cudaSuccess;
   return GLM_DISPATCH_TYPES(types, {
-    EmbeddingShardKernel<Act, Weight><<<T, 256, 0, stream>>>(
-        ids, static_cast<const Weight*>(table), static_cast<Act*>(out), D, vocab_begin, vocab);
-    return cudaGetLastError();
+    return LaunchKernel(EmbeddingShardKernel<Act, Weight>, T, 256, 0, stream, ids,
+                        static_cast<const Weight*>(table), static_cast<Act*>(out), D, vocab_begin,
+                        vocab);
   });
 }
 
@@ -172,11 +186,10 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
   if (D > 12288) return cudaErrorInvalidValue;  // row staged in 48 KB of shared memory
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
   return GLM_DISPATCH_TYPES(types, {
-    AddRmsNormKernel<Act, Weight><<<rows, kRowThreads, smem, stream>>>(
-        static_cast<Act*>(residual), static_cast<const Act*>(delta),
-        static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
-        static_cast<Act*>(out), row_index, D, eps);
-    return cudaGetLastError();
+    return LaunchKernel(AddRmsNormKernel<Act, Weight>, rows, kRowThreads, smem, stream,
+                        static_cast<Act*>(residual), static_cast<const Act*>(delta),
+                        static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
+                        static_cast<Act*>(out), row_index, D, eps);
   });
 }
 
@@ -185,9 +198,8 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   const int64_t n = static_cast<int64_t>(T) * F;
   if (n == 0) return cudaSuccess;
   return GLM_DISPATCH_TYPES(types, {
-    SiluMulKernel<Act><<<GridFor(n, 256), 256, 0, stream>>>(static_cast<const Act*>(gate_up),
-                                                          static_cast<Act*>(out), F, n);
-    return cudaGetLastError();
+    return LaunchKernel(SiluMulKernel<Act>, GridFor(n, 256), 256, 0, stream,
+                        static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n);
   });
 }
 
@@ -196,12 +208,10 @@ cudaError_t LaunchScaleToFp16(const float* x, int64_t n, void* out, uint32_t* am
   cudaError_t err = cudaMemsetAsync(amax_scratch, 0, sizeof(uint32_t), stream);
   if (err != cudaSuccess) return err;
   const int grid = GridFor(n, 256) < 1024 ? GridFor(n, 256) : 1024;
-  AbsMaxKernel<<<grid, 256, 0, stream>>>(x, n, amax_scratch);
-  err = cudaGetLastError();
+  err = LaunchKernel(AbsMaxKernel, grid, 256, 0, stream, x, n, amax_scratch);
   if (err != cudaSuccess) return err;
-  ScaleToFp16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(x, n, static_cast<__half*>(out),
-                                                         amax_scratch, alpha);
-  return cudaGetLastError();
+  return LaunchKernel(ScaleToFp16Kernel, GridFor(n, 256), 256, 0, stream, x, n,
+                      static_cast<__half*>(out), amax_scratch, alpha);
 }
 
 namespace {
@@ -209,11 +219,11 @@ template <typename From>
 cudaError_t ConvertFrom(const From* in, DType to, void* out, int64_t n, cudaStream_t stream) {
   const int grid = GridFor(n, 256);
   switch (to) {
-    case DType::kF32: ConvertKernel<From, float><<<grid, 256, 0, stream>>>(in, static_cast<float*>(out), n); break;
-    case DType::kBF16: ConvertKernel<From, Bf16><<<grid, 256, 0, stream>>>(in, static_cast<Bf16*>(out), n); break;
-    case DType::kF16: ConvertKernel<From, __half><<<grid, 256, 0, stream>>>(in, static_cast<__half*>(out), n); break;
+    case DType::kF32: return LaunchKernel(ConvertKernel<From, float>, grid, 256, 0, stream, in, static_cast<float*>(out), n);
+    case DType::kBF16: return LaunchKernel(ConvertKernel<From, Bf16>, grid, 256, 0, stream, in, static_cast<Bf16*>(out), n);
+    case DType::kF16: return LaunchKernel(ConvertKernel<From, __half>, grid, 256, 0, stream, in, static_cast<__half*>(out), n);
   }
-  return cudaGetLastError();
+  return cudaErrorInvalidValue;
 }
 }  // namespace
 

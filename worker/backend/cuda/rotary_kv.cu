@@ -5,6 +5,7 @@
 // cos/sin[..., :rot/2].repeat_interleave(2)), with inv_freq[i] = theta^(-2i / rot_dim).
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 
 namespace glm {
 namespace cuda {
@@ -17,6 +18,8 @@ __global__ void RotaryKvWriteKernel(Act* __restrict__ qkv, const Weight* __restr
                                     const int32_t* __restrict__ slots,
                                     const float* __restrict__ inv_freq, int H, int Hkv, int Dh,
                                     int rot_dim) {
+  GridDependencyWait();
+  LaunchDependents();
   const int t = blockIdx.x;
   const int width = (H + 2 * Hkv) * Dh;  // row of qkv
   const int64_t slot = slots[t];
@@ -64,10 +67,10 @@ cudaError_t LaunchRotaryKvWrite(KernelTypes types, void* qkv, const void* bias, 
   if (T == 0) return cudaSuccess;
   if (Dh % 2 != 0 || rot_dim % 2 != 0 || rot_dim > Dh) return cudaErrorInvalidValue;
   return GLM_DISPATCH_TYPES(types, {
-    RotaryKvWriteKernel<Act, Weight><<<T, 256, 0, stream>>>(
-        static_cast<Act*>(qkv), static_cast<const Weight*>(bias), static_cast<Weight*>(k_cache),
-        static_cast<Weight*>(v_cache), positions, slots, inv_freq, H, Hkv, Dh, rot_dim);
-    return cudaGetLastError();
+    return LaunchKernel(RotaryKvWriteKernel<Act, Weight>, T, 256, 0, stream,
+                        static_cast<Act*>(qkv), static_cast<const Weight*>(bias),
+                        static_cast<Weight*>(k_cache), static_cast<Weight*>(v_cache), positions,
+                        slots, inv_freq, H, Hkv, Dh, rot_dim);
   });
 }
 

@@ -1,0 +1,423 @@
+// Tensor-core paged attention for bf16/fp16 (sm80+): decode, chunked prefill and flash-decoding
+// splits, the work split of the CUDA-core kernel (attention.cu) on mma.sync.
+//
+// A block (4 warps) serves one work item (a sequence and up to tokens_per_item of its new tokens)
+// for one KV head and one split of the context. Its query rows are (token, head of the group)
+// pairs, token-major, so K/V are read once per KV head for all G heads (GLM-4-9B: G = 16, so a
+// decode token is exactly one 16-row MMA tile). K/V tiles of 64 keys stream through shared memory
+// with cp.async, double-buffered; rows beyond the context are zero-filled.
+//
+// FlashAttention-2 style register dataflow on m16n8k16 MMAs with fp32 accumulation: S = Q K^T lands
+// in accumulator fragments whose layout is the A-operand layout of P V, so the probabilities never
+// leave registers; the online softmax (in the log2 domain) runs on those fragments with the
+// running max/sum of each row shared by the 4 lanes of a quad. Warps split the rows (prefill:
+// 4 x 16 rows) or the keys of each tile (decode: 16 rows, each warp 16 of the 64 keys, merged in
+// shared memory at the end).
+//
+// Rounding: the probabilities enter P V in the storage type (as in FlashAttention), so this is
+// close to, not bit-identical with, the CPU reference (tests/gpu compare it with a float64 softmax).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "worker/backend/cuda/attention_item.cuh"
+#include "worker/backend/cuda/device_types.cuh"
+#include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTile = 64;  // keys per shared-memory tile
+constexpr int kMaxRows = 16 * kWarps;
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define GLM_ATTN_MMA_ARCH 1
+#endif
+
+template <typename T>
+__device__ __forceinline__ uint32_t PackPair(float lo, float hi);
+template <typename T>
+__device__ __forceinline__ void Mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1);
+
+#if defined(GLM_ATTN_MMA_ARCH)
+template <>
+__device__ __forceinline__ uint32_t PackPair<Bf16>(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t PackPair<__half>(float lo, float hi) {
+  const __half2 v = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+template <>
+__device__ __forceinline__ void Mma16816<Bf16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                               uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void Mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i. Thread t gets
+// (row t/4, cols 2(t%4), 2(t%4)+1) of each matrix, or with .trans (rows 2(t%4), 2(t%4)+1, col t/4).
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(SmemAddr(p)));
+}
+// 16-byte global -> shared copy; valid == false writes zeros (src is not read).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif  // GLM_ATTN_MMA_ARCH
+
+template <int DH>
+struct MmaSmem {
+  static constexpr int kStride = DH + 8;  // 16-bit elements: rows 16 bytes apart mod 128, no conflicts
+  static constexpr size_t kStage = size_t{2} * kTile * kStride * 2;  // K and V tiles, bytes
+  static constexpr size_t kMerge = size_t{kWarps} * 16 * DH * 4 + size_t{kWarps} * 16 * 2 * 4;
+  static constexpr size_t kQ = size_t{kMaxRows} * kStride * 2;
+  static constexpr size_t kBytes = (2 * kStage > kMerge ? 2 * kStage : kMerge) > kQ
+                                       ? (2 * kStage > kMerge ? 2 * kStage : kMerge)
+                                       : kQ;
+};
+
+// RW: warps that split the rows (16 each); the other kWarps / RW split each tile's keys.
+template <typename T, int DH, int RW>
+__global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, int G) {
+  GridDependencyWait();
+  LaunchDependents();
+#if !defined(GLM_ATTN_MMA_ARCH)
+  __trap();
+#else
+  constexpr int KW = kWarps / RW;
+  constexpr int kRows = 16 * RW;
+  constexpr int kWarpKeys = kTile / KW;  // 64, 32 or 16
+  constexpr int kNT = kWarpKeys / 8;     // S column tiles of a warp
+  constexpr int kDT = DH / 8;            // O column tiles
+  constexpr int kKS = DH / 16;           // k-steps of Q K^T
+  constexpr int kStride = MmaSmem<DH>::kStride;
+  constexpr int kVecs = DH / 8;          // 16-byte vectors per row
+  constexpr float kLog2e = 1.4426950408889634f;
+  constexpr float kLn2 = 0.6931471805599453f;
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint16_t* tiles = reinterpret_cast<uint16_t*>(smem);  // [2 stages][K | V][kTile][kStride]
+  __shared__ int row_pos[kRows];
+
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int rw = warp % RW, kw = warp / RW;
+  const int g = lane / 4, tq = lane % 4;
+  // Items in reverse order: the last items of a prompt see the most keys; start them first.
+  const AttentionItem it(a, a.num_items - 1 - blockIdx.x, G);
+  const int nrows = it.nrows, kv_len = it.kv_len;
+  const uint16_t* q = static_cast<const uint16_t*>(a.q);
+  const uint16_t* kc = static_cast<const uint16_t*>(a.k_cache);
+  const uint16_t* vc = static_cast<const uint16_t*>(a.v_cache);
+
+  // Q rows through shared memory (the tile buffers, not yet in use) into A fragments.
+  for (int v = tid; v < kRows * kVecs; v += kThreads) {
+    const int r = v / kVecs, c = (v % kVecs) * 8;
+    int4 val = make_int4(0, 0, 0, 0);
+    if (r < nrows) {
+      val = *reinterpret_cast<const int4*>(q + it.Token(r, G) * a.q_stride + (kvh * G + r % G) * DH + c);
+    }
+    *reinterpret_cast<int4*>(tiles + r * kStride + c) = val;
+  }
+  for (int r = tid; r < kRows; r += kThreads) row_pos[r] = r < nrows ? a.positions[it.Token(r, G)] : -1;
+  __syncthreads();
+  uint32_t qa[kKS][4];
+#pragma unroll
+  for (int ks = 0; ks < kKS; ++ks) {
+    LdMatrixX4(qa[ks], tiles + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
+  }
+  const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
+  __syncthreads();
+
+  const int num_tiles = (kv_len + kTile - 1) / kTile;
+  const int per_split = (num_tiles + a.splits - 1) / a.splits;
+  const int tile_begin = min(num_tiles, split * per_split);
+  const int tile_end = min(num_tiles, tile_begin + per_split);
+  auto load_tile = [&](int tile, int stage) {
+    uint16_t* k_dst = tiles + stage * 2 * kTile * kStride;
+    uint16_t* v_dst = k_dst + kTile * kStride;
+    for (int v = tid; v < kTile * kVecs; v += kThreads) {
+      const int t = v / kVecs, c = (v % kVecs) * 8;
+      const int j = tile * kTile + t;
+      const bool valid = j < kv_len;
+      const int64_t base = valid ? (it.Slot(j) * a.Hkv + kvh) * DH + c : 0;
+      CpAsync16(k_dst + t * kStride + c, kc + base, valid);
+      CpAsync16(v_dst + t * kStride + c, vc + base, valid);
+    }
+    CpAsyncCommit();
+  };
+  if (tile_begin < tile_end) load_tile(tile_begin, 0);
+
+  const float sl2 = a.scale * kLog2e;  // scores in the log2 domain
+  float o[kDT][4];
+#pragma unroll
+  for (int dt = 0; dt < kDT; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m_lo = -INFINITY, m_hi = -INFINITY, l_lo = 0.f, l_hi = 0.f;
+  const int key0 = kw * kWarpKeys;  // the warp's first key inside a tile
+
+  for (int tile = tile_begin; tile < tile_end; ++tile) {
+    const int stage = (tile - tile_begin) & 1;
+    if (tile + 1 < tile_end) {
+      load_tile(tile + 1, stage ^ 1);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();
+    const uint16_t* k_t = tiles + stage * 2 * kTile * kStride;
+    const uint16_t* v_t = k_t + kTile * kStride;
+    const int j0 = tile * kTile + key0;
+    // Rows of this warp that see at least one of its keys (causal): else skip the math.
+    if (__any_sync(0xffffffffu, j0 <= max(pos_lo, pos_hi))) {  // warp-uniform: MMAs are collective
+      float s[kNT][4];
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int ks = 0; ks < kKS; ks += 2) {
+          uint32_t b[4];
+          LdMatrixX4(b, k_t + (key0 + nt * 8 + lane % 8) * kStride + ks * 16 + 8 * (lane / 8));
+          Mma16816<T>(s[nt], qa[ks], b[0], b[1]);
+          Mma16816<T>(s[nt], qa[ks + 1], b[2], b[3]);
+        }
+      }
+      float mx_lo = -INFINITY, mx_hi = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = j0 + nt * 8 + 2 * tq + e;
+          s[nt][e] = j <= pos_lo ? s[nt][e] * sl2 : -INFINITY;
+          s[nt][2 + e] = j <= pos_hi ? s[nt][2 + e] * sl2 : -INFINITY;
+          mx_lo = fmaxf(mx_lo, s[nt][e]);
+          mx_hi = fmaxf(mx_hi, s[nt][2 + e]);
+        }
+      }
+#pragma unroll
+      for (int off = 1; off <= 2; off <<= 1) {
+        mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, off));
+        mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, off));
+      }
+      const float new_lo = fmaxf(m_lo, mx_lo), new_hi = fmaxf(m_hi, mx_hi);
+      const float base_lo = new_lo == -INFINITY ? 0.f : new_lo;
+      const float base_hi = new_hi == -INFINITY ? 0.f : new_hi;
+      const float corr_lo = exp2f(m_lo - base_lo), corr_hi = exp2f(m_hi - base_hi);
+      m_lo = new_lo;
+      m_hi = new_hi;
+      float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[nt][e] = exp2f(s[nt][e] - base_lo);
+          s[nt][2 + e] = exp2f(s[nt][2 + e] - base_hi);
+          sum_lo += s[nt][e];
+          sum_hi += s[nt][2 + e];
+        }
+      }
+      l_lo = l_lo * corr_lo + sum_lo;  // per-lane partial sums; the quad adds them up at the end
+      l_hi = l_hi * corr_hi + sum_hi;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        o[dt][0] *= corr_lo;
+        o[dt][1] *= corr_lo;
+        o[dt][2] *= corr_hi;
+        o[dt][3] *= corr_hi;
+      }
+#pragma unroll
+      for (int kk = 0; kk < kWarpKeys / 16; ++kk) {
+        const uint32_t pa[4] = {PackPair<T>(s[2 * kk][0], s[2 * kk][1]),
+                                PackPair<T>(s[2 * kk][2], s[2 * kk][3]),
+                                PackPair<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                PackPair<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+        for (int np = 0; np < DH / 16; ++np) {
+          uint32_t b[4];
+          LdMatrixX4Trans(b, v_t + (key0 + kk * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride +
+                                 np * 16 + 8 * (lane / 16));
+          Mma16816<T>(o[2 * np], pa, b[0], b[1]);
+          Mma16816<T>(o[2 * np + 1], pa, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
+    l_hi += __shfl_xor_sync(0xffffffffu, l_hi, off);
+  }
+
+  T* out = static_cast<T*>(a.out);
+  if constexpr (KW == 1) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = rw * 16 + g + 8 * half;
+      if (r >= nrows) continue;
+      const int64_t t = it.Token(r, G);
+      const int h = kvh * G + r % G;
+      const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo;
+      if (a.splits == 1) {
+        const float inv = l > 0.f ? 1.f / l : 0.f;
+        uint32_t* dst = reinterpret_cast<uint32_t*>(out + (t * a.H + h) * DH);
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          dst[dt * 4 + tq] = PackPair<T>(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        }
+      } else {
+        const int64_t row = (static_cast<int64_t>(split) * a.T + t) * a.H + h;
+#pragma unroll
+        for (int dt = 0; dt < kDT; ++dt) {
+          *reinterpret_cast<float2*>(a.partial_out + row * DH + dt * 8 + 2 * tq) =
+              make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
+        }
+        if (tq == 0) {
+          a.partial_ml[row * 2] = m * kLn2;  // natural-log units, as the combine kernel expects
+          a.partial_ml[row * 2 + 1] = l;
+        }
+      }
+    }
+  } else {
+    // Key-split warps: merge the KW partial softmaxes of each row in shared memory.
+    float* mo = reinterpret_cast<float*>(smem);  // [KW][kRows][DH]
+    float* ml = mo + KW * kRows * DH;            // [KW][kRows][2]
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = rw * 16 + g + 8 * half;
+      float* dst = mo + (kw * kRows + r) * DH;
+#pragma unroll
+      for (int dt = 0; dt < kDT; ++dt) {
+        *reinterpret_cast<float2*>(dst + dt * 8 + 2 * tq) = make_float2(o[dt][2 * half], o[dt][2 * half + 1]);
+      }
+      if (tq == 0) {
+        ml[(kw * kRows + r) * 2] = half ? m_hi : m_lo;
+        ml[(kw * kRows + r) * 2 + 1] = half ? l_hi : l_lo;
+      }
+    }
+    __syncthreads();
+    for (int idx = tid; idx < kRows * DH; idx += kThreads) {
+      const int r = idx / DH, d = idx % DH;
+      if (r >= nrows) continue;
+      float gm = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < KW; ++w) gm = fmaxf(gm, ml[(w * kRows + r) * 2]);
+      float sum_l = 0.f, acc = 0.f;
+      if (gm != -INFINITY) {
+#pragma unroll
+        for (int w = 0; w < KW; ++w) {
+          const float wt = exp2f(ml[(w * kRows + r) * 2] - gm);
+          sum_l += ml[(w * kRows + r) * 2 + 1] * wt;
+          acc += mo[(w * kRows + r) * DH + d] * wt;
+        }
+      }
+      const int64_t t = it.Token(r, G);
+      const int h = kvh * G + r % G;
+      if (a.splits == 1) {
+        out[(t * a.H + h) * DH + d] = FromFloat<T>(sum_l > 0.f ? acc / sum_l : 0.f);
+      } else {
+        const int64_t row = (static_cast<int64_t>(split) * a.T + t) * a.H + h;
+        a.partial_out[row * DH + d] = acc;
+        if (d == 0) {
+          a.partial_ml[row * 2] = gm * kLn2;
+          a.partial_ml[row * 2 + 1] = sum_l;
+        }
+      }
+    }
+  }
+#endif  // GLM_ATTN_MMA_ARCH
+}
+
+template <typename T, int DH, int RW>
+cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
+  constexpr size_t smem = MmaSmem<DH>::kBytes;
+  static const cudaError_t attr_err = cudaFuncSetAttribute(
+      AttentionMmaKernel<T, DH, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (attr_err != cudaSuccess) return attr_err;
+  return LaunchKernel(AttentionMmaKernel<T, DH, RW>, dim3(a.num_items, a.Hkv, a.splits), dim3(kThreads),
+                      smem, stream, a, G);
+}
+
+template <typename T, int DH>
+cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
+  const int rows = a.tokens_per_item * G;
+  if (rows <= 16) return LaunchTyped<T, DH, 1>(a, G, stream);
+  if (rows <= 32) return LaunchTyped<T, DH, 2>(a, G, stream);
+  return LaunchTyped<T, DH, 4>(a, G, stream);
+}
+
+template <typename T>
+cudaError_t LaunchDh(const AttentionArgs& a, int G, cudaStream_t stream) {
+  switch (a.Dh) {
+    case 32: return LaunchRows<T, 32>(a, G, stream);
+    case 64: return LaunchRows<T, 64>(a, G, stream);
+    case 128: return LaunchRows<T, 128>(a, G, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+// Compute capability major of the current device, once per process (one device per process).
+int DeviceMajor() {
+  static const int major = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
+    return v;
+  }();
+  return major;
+}
+
+}  // namespace
+
+bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& a) {
+  const int G = a.Hkv > 0 ? a.H / a.Hkv : 0;
+  return types.act == types.weight && types.act != DType::kF32 && G > 0 &&
+         a.tokens_per_item * G <= kMaxRows && (a.Dh == 32 || a.Dh == 64 || a.Dh == 128) &&
+         DeviceMajor() >= 8;
+}
+
+cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
+  if (!AttentionMmaSupports(types, a)) return cudaErrorInvalidValue;
+  if (a.num_items == 0) return cudaSuccess;
+  const int G = a.H / a.Hkv;
+  if (types.act == DType::kBF16) return LaunchDh<Bf16>(a, G, stream);
+  return LaunchDh<__half>(a, G, stream);
+}
+
+}  // namespace cuda
+}  // namespace glm

@@ -1,0 +1,61 @@
+// Kernel launches with programmatic dependent launch (PDL, sm90+).
+//
+// A decode step at batch 1 is ~450 kernels of 2-40 us; without PDL each one starts only after
+// its predecessor has fully drained, so every boundary costs the launch latency plus the DRAM
+// ramp of the next kernel. With PDL the next kernel's blocks become resident while the current
+// one still runs, do the work that does not depend on it (a GEMV issues its first weight loads),
+// and wait in GridDependencyWait() until the predecessor has completed and its writes are
+// visible. The rules every kernel launched through LaunchKernel follows:
+//   - every block calls GridDependencyWait() before it reads anything an earlier kernel wrote
+//     and before it writes anything a concurrent predecessor may still read, and before exiting;
+//     so kernel N+1 cannot complete before kernel N has, and the chain stays ordered;
+//   - LaunchDependents() may be called anywhere (after the wait, by convention): it only lets the
+//     next kernel's blocks be scheduled early, never lets them pass their own wait.
+// On devices below sm90, or with GLM_CUDA_PDL=0, launches are plain stream-ordered launches and
+// the two device calls compile to nothing / return at once.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace glm {
+namespace cuda {
+
+// Whether launches carry the PDL attribute (set once by the backend from the device's compute
+// capability and GLM_CUDA_PDL; off by default, so tests and tools get plain launches).
+void SetProgrammaticLaunch(bool enabled);
+bool ProgrammaticLaunchEnabled();
+
+__device__ __forceinline__ void GridDependencyWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void LaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when enabled; returns the
+// launch's error.
+template <typename... Params, typename... Args>
+cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                         cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = ProgrammaticLaunchEnabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(std::forward<Args>(args))...);
+}
+
+}  // namespace cuda
+}  // namespace glm
