@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -95,8 +96,10 @@ void RefAddRmsNorm(DType act, std::vector<float>& residual, const std::vector<fl
 TEST_P(KernelTest, AddRmsNormMatchesReferenceWithAndWithoutPostNormAndGather) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
-  const int T = 7, D = 4096;
+  const int T = 7;
   const float eps = 1e-5f;
+  // D = 4096: the register-resident kernel; D = 1000: the shared-memory one.
+  for (int D : {4096, 1000})
   for (int variant = 0; variant < 4; ++variant) {  // plain, +delta, +delta+post, gather
     Rng rng(10 + variant);
     TypedBuffer res(tc.types.act, T * D), del(tc.types.act, T * D), w(tc.types.weight, D),
@@ -269,15 +272,33 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   a.tokens_per_item = tpi; a.H = H; a.Hkv = Hkv; a.Dh = Dh; a.block_size = bs;
   a.scale = 1.0f / std::sqrt(float(Dh)); a.splits = ac.splits; a.out = out.get();
   a.partial_out = d_po; a.partial_ml = d_ml; a.T = T;
-  if (force_simt) {
-    ASSERT_CUDA(cuda::LaunchPagedAttentionSimt(tc.types, a, nullptr));
-  } else {
-    ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
-  }
-  if (ac.splits > 1) {
-    ASSERT_CUDA(cuda::LaunchAttentionCombine(tc.types, d_po, d_ml, out.get(), ac.splits, T, H, Dh, nullptr));
+  void* d_counters = nullptr;
+  testing::UploadInts(&d_counters, std::vector<int32_t>(item_seq.size() * Hkv, 0));
+  // Run 0 and 1: the in-kernel split combine (tensor-core kernel with counters); it must leave
+  // its counters at zero, so the second launch (a graph replay) gives the same rows bit for bit.
+  // Run 2: without counters (every split writes partials, the combine kernel merges them).
+  std::vector<float> fused;
+  for (int run = 0; run < 3; ++run) {
+    out.Poison();
+    if (force_simt) {
+      ASSERT_CUDA(cuda::LaunchPagedAttentionSimt(tc.types, a, nullptr));
+      if (ac.splits > 1) {
+        ASSERT_CUDA(cuda::LaunchAttentionCombine(tc.types, d_po, d_ml, out.get(), ac.splits, T, H, Dh, nullptr));
+      }
+    } else {
+      a.split_counters = run < 2 ? static_cast<int32_t*>(d_counters) : nullptr;
+      ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
+    }
+    if (run == 0) fused = out.Download();
+    if (run == 1) EXPECT_EQ(out.Download(), fused) << "a second launch differs (split counters not reset?)";
   }
   auto got = out.Download();
+  {
+    std::vector<int32_t> counters(item_seq.size() * Hkv, -1);
+    ASSERT_EQ(cudaMemcpy(counters.data(), d_counters, counters.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (int32_t c : counters) ASSERT_EQ(c, 0) << "split counters not reset";
+  }
+  cudaFree(d_counters);
   std::vector<float> want(T * H * Dh);
   for (int s = 0; s < S; ++s) {
     for (int i = 0; i < ac.new_tokens[s]; ++i) {
@@ -308,6 +329,7 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
     }
   }
   ExpectClose(got, want, 2 * tc.tol + 1e-4f, 0.05f, "attention");
+  ExpectClose(fused, want, 2 * tc.tol + 1e-4f, 0.05f, "attention, splits merged in the kernel");
   for (void* p : {d_bt, d_stride, d_qs, d_ctx, d_pos, d_is, d_it}) cudaFree(p);
   cudaFree(d_po);
   cudaFree(d_ml);
@@ -348,6 +370,8 @@ TEST_P(KernelTest, AttentionLongPromptAndMultiQueryGroups) {
   RunAttentionCase(GetParam(), {32, 2, 128, {300}, {300}, 1}, 10);
   // 32 query heads on one KV head: 32 rows per decode item (two row warps, two key warps).
   RunAttentionCase(GetParam(), {32, 1, 128, {1, 1, 1}, {300, 70, 1}, 2}, 11);
+  // Long contexts: the in-kernel combine picks min(32, tiles / 4) splits per sequence.
+  RunAttentionCase(GetParam(), {32, 2, 128, {1, 1, 1}, {2000, 600, 130}, 32}, 13);
   // Decode with 64-dim heads and empty splits (more splits than tiles).
   RunAttentionCase(GetParam(), {16, 2, 64, {1, 1}, {65, 9}, 4}, 12);
 }
@@ -355,7 +379,8 @@ TEST_P(KernelTest, AttentionLongPromptAndMultiQueryGroups) {
 TEST_P(KernelTest, SiluMulMatchesReference) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
-  const int T = 3, F = 1000;
+  const int T = 3;
+  for (int F : {1000, 1001}) {  // 16-byte vectors, and the scalar kernel
   Rng rng(11);
   TypedBuffer gu(tc.types.act, T * 2 * F), out(tc.types.act, T * F);
   auto h = gu.Upload(rng.Vector(T * 2 * F, -6, 6));
@@ -368,45 +393,69 @@ TEST_P(KernelTest, SiluMulMatchesReference) {
       want[t * F + j] = RoundThrough(tc.types.act, RoundThrough(tc.types.act, g / (1 + std::exp(-g))) * u);
     }
   ExpectClose(out.Download(), want, 2 * tc.tol, 0.01f, "silu");
+  }
 }
 
+// N = 300 and 64 columns stream few rows, so the launcher splits K four ways (GemvSplitK); the
+// N derived from the SM count give 2 and 1 (6 blocks of 8 warps per SM reached at S = 2 and 1),
+// and K = 1544 bf16 (193 vectors) halves a split of 4 to 2 slices of 96 and 97 vectors.
 TEST_P(KernelTest, GemvMatchesReferenceForOneToFourRows) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
-  const int N = 300, K = 13696;
-  for (int M = 1; M <= 4; ++M) {
-    Rng rng(20 + M);
-    TypedBuffer x(tc.types.weight, M * K), w(tc.types.weight, N * K), y(tc.types.act, M * N);
-    auto hx = x.Upload(rng.Vector(M * K, -1, 1));
-    auto hw = w.Upload(rng.Vector(N * K, -0.05, 0.05));
-    float alpha = 0.5f;
-    float* d_alpha = nullptr;
-    cudaMalloc(&d_alpha, 4);
-    cudaMemcpy(d_alpha, &alpha, 4, cudaMemcpyHostToDevice);
-    y.Poison();
-    ASSERT_TRUE(cuda::GemvSupports(tc.types.weight, M, K));
-    ASSERT_CUDA(cuda::LaunchGemv(tc.types, x.get(), w.get(), y.get(), M, N, K, d_alpha, nullptr));
-    std::vector<float> want(M * N);
-    for (int m = 0; m < M; ++m)
-      for (int n = 0; n < N; ++n) {
-        double acc = 0;
-        for (int k = 0; k < K; ++k) acc += double(hx[m * K + k]) * hw[n * K + k];
-        want[m * N + n] = RoundThrough(tc.types.act, float(acc) * alpha);
-      }
-    ExpectClose(y.Download(), want, 2 * tc.tol + 1e-4f, 0.3f, "gemv M=" + std::to_string(M));
-    cudaFree(d_alpha);
+  int dev = 0, sms = 0;
+  ASSERT_CUDA(cudaGetDevice(&dev));
+  ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  struct Shape { int N, K; };
+  const Shape shapes[] = {{300, 13696}, {64, 8192}, {32 * sms + 24, 4096}, {48 * sms + 8, 1000},
+                          {20, 1544}, {4 * sms + 3, 200}};
+  bool seen[5] = {};
+  for (const Shape& sh : shapes) {
+    const int N = sh.N, K = sh.K;
+    const int split = cuda::GemvSplitK(tc.types.weight, N, K);
+    ASSERT_TRUE(split == 1 || split == 2 || split == 4) << split;
+    seen[split] = true;
+    for (int M = 1; M <= 4; ++M) {
+      const std::string what = "gemv N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                               " M=" + std::to_string(M) + " split=" + std::to_string(split);
+      Rng rng(20 + M + N + K);
+      TypedBuffer x(tc.types.weight, M * K), w(tc.types.weight, int64_t{N} * K), y(tc.types.act, M * N);
+      auto hx = x.Upload(rng.Vector(M * K, -1, 1));
+      auto hw = w.Upload(rng.Vector(int64_t{N} * K, -0.05, 0.05));
+      float alpha = 0.5f;
+      float* d_alpha = nullptr;
+      cudaMalloc(&d_alpha, 4);
+      cudaMemcpy(d_alpha, &alpha, 4, cudaMemcpyHostToDevice);
+      y.Poison();
+      ASSERT_TRUE(cuda::GemvSupports(tc.types.weight, M, K));
+      ASSERT_CUDA(cuda::LaunchGemv(tc.types, x.get(), w.get(), y.get(), M, N, K, d_alpha, nullptr));
+      std::vector<float> want(M * N);
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+          double acc = 0;
+          const float* xr = &hx[int64_t{m} * K];
+          const float* wr = &hw[int64_t{n} * K];
+          for (int k = 0; k < K; ++k) acc += double(xr[k]) * wr[k];
+          want[m * N + n] = RoundThrough(tc.types.act, float(acc) * alpha);
+        }
+      ExpectClose(y.Download(), want, 2 * tc.tol + 1e-4f, 0.3f, what);
+      cudaFree(d_alpha);
+    }
   }
+  EXPECT_TRUE(seen[1] && seen[2] && seen[4]) << "split-K factors 1, 2 and 4 not all exercised";
 }
 
 // The decode MLP's fused gate/up GEMV + SiLU-and-multiply against the unfused pair it replaces
 // (LaunchGemv into an act-type [M, 2F] buffer, then LaunchSiluMul): the same values, bit for bit.
-// K = 4096 + 64 bf16 is 520 vectors (four full rounds of 128 per lane and a tail); K = 200 has
-// fewer vectors than one round, so every lane runs the tail loop only.
+// Both launchers choose the split-K factor from the 2F weight rows they stream (GemvSplitK), so
+// they sum in the same order. F = 300 (600 rows) splits K four ways where K has >= 256 vectors:
+// K = 4096 + 64 bf16 is 520 vectors (slices of 130: one full round of 128 per lane and a tail);
+// K = 1544 bf16 is 193 vectors (two slices of 96 and 97, no full round in one of them);
+// K = 200 has fewer vectors than one round, so no split and every lane runs the tail loop only.
 TEST_P(KernelTest, GemvSiluMulMatchesUnfusedPathBitForBit) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
   const int F = 300;
-  for (int K : {4096 + 64, 4096 + 8 * 24, 200}) {
+  for (int K : {4096 + 64, 4096 + 8 * 24, 8 * 193, 200}) {
     for (int M = 1; M <= 4; ++M) {
       for (bool with_alpha : {false, true}) {
         const std::string what = "gemv_silu K=" + std::to_string(K) + " M=" + std::to_string(M) +
@@ -444,6 +493,180 @@ TEST_P(KernelTest, GemvSiluMulMatchesUnfusedPathBitForBit) {
       }
     }
   }
+}
+
+// The decode GEMVs' norm prologue (GemvNormIn: every block computes the residual add + RMSNorm
+// of its input) against LaunchAddRmsNorm followed by the same GEMV: the output and the updated
+// residual are the same bits, for the plain, +delta and +delta+post-norm variants.
+TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  if (!cuda::GemvNormSupports(tc.types, 1, 4096)) {
+    EXPECT_NE(tc.types.act, tc.types.weight);  // only the fp16-safe mode goes without
+    const cuda::GemvNormIn none;
+    EXPECT_EQ(cuda::LaunchGemvSiluMul(tc.types, nullptr, nullptr, nullptr, 1, 8, 4096, nullptr, nullptr,
+                                      &none), cudaErrorInvalidValue);
+    return;
+  }
+  const int F = 200;
+  const float eps = 1e-5f;
+  for (int K : {4096, 1024 + 8}) {
+    for (int M = 1; M <= 4; ++M) {
+      if (!cuda::GemvNormSupports(tc.types, M, K)) continue;  // fp32, K = 4096, M > 2: over 44 KB
+      for (int variant = 0; variant < 3; ++variant) {  // no delta, +delta, +delta+post
+        const std::string what = "K=" + std::to_string(K) + " M=" + std::to_string(M) +
+                                 " variant " + std::to_string(variant);
+        Rng rng(70 + M + K + variant);
+        TypedBuffer res_a(tc.types.act, M * K), res_b(tc.types.act, M * K), res_out(tc.types.act, M * K),
+            delta(tc.types.act, M * K), nw(tc.types.weight, K), pw(tc.types.weight, K),
+            normed(tc.types.act, M * K), w(tc.types.weight, 2 * F * K), want(tc.types.act, M * F),
+            got(tc.types.act, M * F);
+        const auto h_res = res_a.Upload(rng.Vector(M * K, -3, 3));  // rounded to the act type
+        res_b.Upload(h_res);
+        delta.Upload(rng.Vector(M * K, -1, 1));
+        nw.Upload(rng.Vector(K, 0.5, 1.5));
+        pw.Upload(rng.Vector(K, 0.5, 1.5));
+        w.Upload(rng.Vector(2 * F * K, -0.1, 0.1));
+        want.Poison();
+        got.Poison();
+        res_out.Poison();
+        const bool with_delta = variant >= 1, with_post = variant == 2;
+        ASSERT_CUDA(cuda::LaunchAddRmsNorm(tc.types, res_a.get(), with_delta ? delta.get() : nullptr,
+                                           with_post ? pw.get() : nullptr, nw.get(), normed.get(), nullptr,
+                                           M, K, eps, nullptr));
+        ASSERT_CUDA(cuda::LaunchGemvSiluMul(tc.types, normed.get(), w.get(), want.get(), M, F, K, nullptr, nullptr));
+        cuda::GemvNormIn n;
+        n.residual_in = res_b.get();
+        n.delta = with_delta ? delta.get() : nullptr;
+        n.post_weight = with_post ? pw.get() : nullptr;
+        n.weight = nw.get();
+        n.residual_out = with_delta ? res_out.get() : nullptr;
+        n.eps = eps;
+        ASSERT_CUDA(cuda::LaunchGemvSiluMul(tc.types, nullptr, w.get(), got.get(), M, F, K, nullptr, nullptr, &n));
+        EXPECT_EQ(got.Download(), want.Download()) << what;
+        EXPECT_EQ(res_b.Download(), h_res) << what << ": residual_in must stay untouched";
+        if (with_delta) EXPECT_EQ(res_out.Download(), res_a.Download()) << what << ": updated residual";
+      }
+    }
+  }
+}
+
+// The decode QKV GEMV with bias + partial rotary + paged KV write fused into its epilogue against
+// the pair it replaces (LaunchGemv into the act-type qkv buffer, then LaunchRotaryKvWrite): q
+// columns of qkv and the caches (written slots and the untouched rest) bit for bit; the fused
+// kernel leaves the k/v columns of qkv unwritten. Both GEMVs stream the (H + 2 Hkv) * Dh rows,
+// so they split K alike: 4 ways for K = 4160 (bf16 520 vectors), 2 or 4 for K = 1544, none for
+// K = 200. Positions include one past sincosf's fast-path range; slot -1 is a padding row.
+TEST_P(KernelTest, GemvQkvRotaryMatchesGemvThenRotaryBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  if (tc.types.act != tc.types.weight) {  // fp16-safe mode: unfused path only
+    EXPECT_EQ(cuda::LaunchGemvQkvRotary(tc.types, nullptr, nullptr, nullptr, 1, 64, nullptr, nullptr,
+                                        nullptr, nullptr, nullptr, nullptr, nullptr, 4, 2, 64, 32,
+                                        nullptr),
+              cudaErrorInvalidValue);
+    return;
+  }
+  struct Shape { int H, Hkv, Dh, rot; };
+  const int bs = 16, blocks = 8;
+  const std::vector<int32_t> pos = {3, 1000, 0, 131071};
+  const std::vector<int32_t> slots = {5 * bs + 3, -1, 2 * bs + 0, 7 * bs + 15};
+  void *d_pos = nullptr, *d_slots = nullptr;
+  testing::UploadInts(&d_pos, pos);
+  testing::UploadInts(&d_slots, slots);
+  auto same_bits = [](float a, float b) { return std::memcmp(&a, &b, sizeof(float)) == 0; };
+  for (const Shape& sh : {Shape{4, 2, 64, 32}, Shape{4, 2, 128, 64}}) {
+    const int QKV = (sh.H + 2 * sh.Hkv) * sh.Dh;
+    const int64_t cache_elems = int64_t{blocks} * bs * sh.Hkv * sh.Dh;
+    std::vector<float> inv(sh.rot / 2);
+    for (int i = 0; i < sh.rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(sh.rot));
+    void* d_inv = nullptr;
+    cudaMalloc(&d_inv, inv.size() * 4);
+    cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+    for (int K : {4096 + 64, 8 * 193, 200}) {
+      Rng rng(70 + K + sh.Dh);
+      TypedBuffer w(tc.types.weight, int64_t{QKV} * K), bias(tc.types.weight, QKV);
+      w.Upload(rng.Vector(int64_t{QKV} * K, -0.1, 0.1));
+      bias.Upload(rng.Vector(QKV, -0.5, 0.5));
+      const auto cache_init = rng.Vector(cache_elems, -2, 2);
+      for (int M = 1; M <= 4; ++M) {
+        for (bool with_bias : {true, false}) {
+          const std::string what = "qkv_rotary Dh=" + std::to_string(sh.Dh) + " K=" +
+                                   std::to_string(K) + " M=" + std::to_string(M) +
+                                   (with_bias ? " bias" : " alpha, no bias");
+          TypedBuffer x(tc.types.weight, M * K), qkv_ref(tc.types.act, M * QKV),
+              qkv_fused(tc.types.act, M * QKV);
+          TypedBuffer kc_ref(tc.types.weight, cache_elems), vc_ref(tc.types.weight, cache_elems);
+          TypedBuffer kc_fused(tc.types.weight, cache_elems), vc_fused(tc.types.weight, cache_elems);
+          x.Upload(rng.Vector(M * K, -1, 1));
+          const auto k_init = kc_ref.Upload(cache_init);
+          const auto v_init = vc_ref.Upload(cache_init);
+          kc_fused.Upload(cache_init);
+          vc_fused.Upload(cache_init);
+          qkv_ref.Poison();
+          qkv_fused.Poison();
+          // Without bias, an alpha (the GEMV's device scalar) instead.
+          float alpha = 0.75f;
+          float* d_alpha = nullptr;
+          if (!with_bias) {
+            cudaMalloc(&d_alpha, 4);
+            cudaMemcpy(d_alpha, &alpha, 4, cudaMemcpyHostToDevice);
+          }
+          const void* b = with_bias ? bias.get() : nullptr;
+          const int32_t* p = static_cast<int32_t*>(d_pos);
+          const int32_t* sl = static_cast<int32_t*>(d_slots);
+          const float* iv = static_cast<float*>(d_inv);
+          ASSERT_CUDA(cuda::LaunchGemv(tc.types, x.get(), w.get(), qkv_ref.get(), M, QKV, K, d_alpha, nullptr));
+          ASSERT_CUDA(cuda::LaunchRotaryKvWrite(tc.types, qkv_ref.get(), b, kc_ref.get(), vc_ref.get(), p,
+                                                sl, iv, M, sh.H, sh.Hkv, sh.Dh, sh.rot, nullptr));
+          ASSERT_CUDA(cuda::LaunchGemvQkvRotary(tc.types, x.get(), w.get(), qkv_fused.get(), M, K,
+                                                d_alpha, b, kc_fused.get(), vc_fused.get(), p, sl,
+                                                iv, sh.H, sh.Hkv, sh.Dh, sh.rot, nullptr));
+          const auto want_q = qkv_ref.Download(), got_q = qkv_fused.Download();
+          int bad = 0;
+          for (int m = 0; m < M; ++m) {
+            for (int c = 0; c < QKV; ++c) {
+              const int64_t i = int64_t{m} * QKV + c;
+              if (c < sh.H * sh.Dh) {
+                EXPECT_TRUE(std::isfinite(want_q[i])) << what << " q[" << m << "][" << c << "]";
+                if (!same_bits(got_q[i], want_q[i]) && ++bad <= 5) {
+                  EXPECT_EQ(got_q[i], want_q[i]) << what << " q[" << m << "][" << c << "]";
+                }
+              } else if (!std::isnan(got_q[i]) && ++bad <= 5) {
+                ADD_FAILURE() << what << " k/v column written: qkv[" << m << "][" << c << "] = " << got_q[i];
+              }
+            }
+          }
+          // Slots written by the reference: the rows m < M with slots[m] >= 0.
+          std::vector<bool> written(int64_t{blocks} * bs, false);
+          for (int m = 0; m < M; ++m)
+            if (slots[m] >= 0) written[slots[m]] = true;
+          const int64_t slot_elems = int64_t{sh.Hkv} * sh.Dh;
+          for (int kv = 0; kv < 2; ++kv) {
+            const auto want = (kv ? vc_ref : kc_ref).Download();
+            const auto got = (kv ? vc_fused : kc_fused).Download();
+            const auto& init = kv ? v_init : k_init;
+            for (int64_t i = 0; i < cache_elems; ++i) {
+              const char* name = kv ? " v_cache[" : " k_cache[";
+              if (!written[i / slot_elems]) {
+                if (!same_bits(got[i], init[i]) && ++bad <= 5) {
+                  ADD_FAILURE() << what << name << i << "] (slot " << i / slot_elems
+                                << " not written) changed: " << got[i] << " vs " << init[i];
+                }
+              } else if (!same_bits(got[i], want[i]) && ++bad <= 5) {
+                EXPECT_EQ(got[i], want[i]) << what << name << i << "] (slot " << i / slot_elems << ")";
+              }
+            }
+          }
+          EXPECT_EQ(bad, 0) << what << ": " << bad << " values differ";
+          if (d_alpha) cudaFree(d_alpha);
+        }
+      }
+    }
+    cudaFree(d_inv);
+  }
+  cudaFree(d_pos);
+  cudaFree(d_slots);
 }
 
 TEST_P(KernelTest, ArgmaxPicksFirstMaximumAndFlagsNonFiniteRows) {

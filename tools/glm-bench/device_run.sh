@@ -2,6 +2,8 @@
 # One GPU-machine session for the CUDA backend: build the CUDA targets for the local GPU's arch,
 # run the GPU tests, then glm-bench. Everything is logged under $OUT (the `run` tool's folder).
 #   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe] [hf]
+#     [ab-VAR[=VALUE]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0: an A/B of a
+#     GLM_CUDA_* switch)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -18,7 +20,7 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 t0=$(date +%s)
 cmake -S . -B build-dev -G Ninja -DGLM_WITH_GRPC=OFF -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="$arch" \
   -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-ninja -C build-dev -j16 -k 0 gpu_kernels_test gpu_backend_test gpu_tp_nccl_test glm-bench glm_nccl_communicator_tests \
+ninja -C build-dev -j16 -k 0 gpu_kernels_test gpu_gemm_lt_test gpu_backend_test gpu_tp_nccl_test glm-bench glm_nccl_communicator_tests \
   >>"$OUT/build.log" 2>&1 ||
   grep -E "error|FAILED" "$OUT/build.log" | head -20
 echo "build: $(( $(date +%s) - t0 )) s"
@@ -26,10 +28,12 @@ bench=build-dev/tools/glm-bench/glm-bench
 for what in "$@"; do
   case "$what" in
     tests)
-      for t in gpu_kernels_test gpu_backend_test gpu_tp_nccl_test; do
+      for t in gpu_kernels_test gpu_gemm_lt_test gpu_backend_test gpu_tp_nccl_test; do
         [ -x build-dev/tests/gpu/$t ] || { echo "$t not built"; continue; }
         timeout 300 build-dev/tests/gpu/$t >"$OUT/$t.log" 2>&1
-        echo "$t: rc=$?"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[.*\] .* steps|Failure|error" "$OUT/$t.log" | head -40
+        rc=$?
+        echo "$t: rc=$rc"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[.*\] .* steps|Failure|error" "$OUT/$t.log" | head -40
+        echo "$t: rc=$rc $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/$t.log" | tr '\n' ' ')" >>"$OUT/summary.txt"
       done ;;
     nccl)
       # The real NCCL communicator with one rank (a one-GPU machine): every collective, abort.
@@ -46,8 +50,15 @@ for what in "$@"; do
       # The V100 pool's fast mode, timed on this GPU: issue 5 asks for >= 85% of bf16's speed.
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision fp16-safe --skip-throughput --json "$OUT/bench_fp16safe.json" 2>&1 | tee "$OUT/bench_fp16safe.log" ;;
+    ab-*)
+      setting=${what#ab-}
+      [[ $setting == *=* ]] || setting="$setting=0"
+      echo "== A/B run with $setting"
+      env "$setting" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --json "$OUT/bench_ab_${setting%%=*}.json" 2>&1 | tee "$OUT/bench_ab_${setting%%=*}.log" | grep -v "^I " ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
   esac
 done
+[ -f "$OUT/summary.txt" ] && { echo "== test summary"; cat "$OUT/summary.txt"; }; true

@@ -190,8 +190,8 @@ __global__ void AttentionCombineKernel(const float* __restrict__ partial_out,
       const float ms = partial_ml[row * 2];
       if (ms == -INFINITY) continue;
       const float w = expf(ms - gm);
-      sum_l += partial_ml[row * 2 + 1] * w;
-      acc += partial_out[row * Dh + d] * w;
+      sum_l = fmaf(partial_ml[row * 2 + 1], w, sum_l);  // same arithmetic as CombineSplits
+      acc = fmaf(partial_out[row * Dh + d], w, acc);
     }
     out[(static_cast<int64_t>(t) * H + h) * Dh + d] = FromFloat<Act>(sum_l > 0.f ? acc / sum_l : 0.f);
   }
@@ -227,7 +227,10 @@ int AttentionTokensPerItem(int G) { return G >= kPrefillRows ? 1 : kPrefillRows 
 
 cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
   if (AttentionMmaSupports(types, a)) return LaunchAttentionMma(types, a, stream);
-  return LaunchPagedAttentionSimt(types, a, stream);
+  const cudaError_t err = LaunchPagedAttentionSimt(types, a, stream);
+  if (err != cudaSuccess || a.splits == 1) return err;
+  return LaunchAttentionCombine(types, a.partial_out, a.partial_ml, a.out, a.splits, a.T, a.H, a.Dh,
+                                stream);
 }
 
 cudaError_t LaunchPagedAttentionSimt(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {

@@ -112,6 +112,76 @@ struct MmaSmem {
                                        : kQ;
 };
 
+// out rows of one (item, KV head) = the splits' partials merged (what LaunchAttentionCombine
+// computes), read with ld.cg: they were written by other blocks. Every load of a phase is
+// independent (thread per (row, split), then per (row, dim)): a loop over the splits per row
+// would be a chain of L2 round trips. scratch: nrows * (2 * splits + 1) + splits words of shared memory.
+template <typename T, int DH, int kRowsMax>
+__device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, int G, int kvh,
+                              int S, float* scratch) {
+  const int nrows = it.nrows;
+  float* wts = scratch;            // [nrows][S] running max of each split, then its weight
+  float* ls = wts + nrows * S;     // [nrows][S] running sum of each split
+  float* sum_l = ls + nrows * S;   // [nrows]
+  int* used = reinterpret_cast<int*>(sum_l + nrows);  // [S]
+  auto row_of = [&](int s, int r) {
+    return (static_cast<int64_t>(s) * a.T + it.Token(r, G)) * a.H + kvh * G + r % G;
+  };
+  for (int idx = threadIdx.x; idx < nrows * S; idx += blockDim.x) {
+    const int r = idx / S, s = idx % S;
+    const float2 ml = __ldcg(reinterpret_cast<const float2*>(a.partial_ml + row_of(s, r) * 2));
+    wts[idx] = ml.x;
+    ls[idx] = ml.y;
+  }
+  __syncthreads();
+  for (int r = threadIdx.x; r < nrows; r += blockDim.x) {
+    float gm = -INFINITY;
+    for (int s = 0; s < S; ++s) gm = fmaxf(gm, wts[r * S + s]);
+    float l = 0.f;
+    for (int s = 0; s < S; ++s) {
+      const float ms = wts[r * S + s];
+      const float w = ms == -INFINITY ? 0.f : expf(ms - gm);
+      wts[r * S + s] = w;
+      if (w != 0.f) l = fmaf(ls[r * S + s], w, l);
+    }
+    sum_l[r] = l;
+  }
+  __syncthreads();
+  // Splits that hold keys for some row (decode: the same for every row of an item).
+  for (int sp = threadIdx.x; sp < S; sp += blockDim.x) {
+    bool any = false;
+    for (int r = 0; r < nrows; ++r) any |= wts[r * S + sp] != 0.f;
+    used[sp] = any;
+  }
+  __syncthreads();
+  // Thread x owns elements x, x + kThreads, ...: each split's loads are issued together.
+  constexpr int kPer = kRowsMax * DH / kThreads;
+  float acc[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) acc[k] = 0.f;
+  for (int sp = 0; sp < S; ++sp) {
+    if (!used[sp]) continue;
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      const int idx = threadIdx.x + k * kThreads;
+      if (idx < nrows * DH) {
+        const int r = idx / DH, d = idx % DH;
+        acc[k] = fmaf(__ldcg(a.partial_out + row_of(sp, r) * DH + d), wts[r * S + sp], acc[k]);
+      }
+    }
+  }
+  T* out = static_cast<T*>(a.out);
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int idx = threadIdx.x + k * kThreads;
+    if (idx < nrows * DH) {
+      const int r = idx / DH, d = idx % DH;
+      out[(it.Token(r, G) * a.H + kvh * G + r % G) * DH + d] =
+          FromFloat<T>(sum_l[r] > 0.f ? acc[k] / sum_l[r] : 0.f);
+    }
+  }
+}
+
 // RW: warps that split the rows (16 each); the other kWarps / RW split each tile's keys.
 template <typename T, int DH, int RW>
 __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, int G) {
@@ -139,8 +209,22 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   const int rw = warp % RW, kw = warp / RW;
   const int g = lane / 4, tq = lane % 4;
   // Items in reverse order: the last items of a prompt see the most keys; start them first.
-  const AttentionItem it(a, a.num_items - 1 - blockIdx.x, G);
+  const int item = a.num_items - 1 - blockIdx.x;
+  const AttentionItem it(a, item, G);
   const int nrows = it.nrows, kv_len = it.kv_len;
+  const int num_tiles = (kv_len + kTile - 1) / kTile;
+  // With the in-kernel combine the split count adapts to the context: at least
+  // a.min_tiles_per_split 64-key tiles a split, so a short context is one block that writes its rows
+  // directly (no partials, no counter) and the surplus split blocks leave at once. (A decode
+  // graph fixes a.splits for every context length it will see.)
+  int splits = a.splits;
+  if constexpr (RW == 1) {
+    if (splits > 1 && a.split_counters != nullptr) {
+      const int per = max(1, a.min_tiles_per_split);
+      splits = min(splits, max(1, (num_tiles + per - 1) / per));
+    }
+  }
+  if (split >= splits) return;
   const uint16_t* q = static_cast<const uint16_t*>(a.q);
   const uint16_t* kc = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* vc = static_cast<const uint16_t*>(a.v_cache);
@@ -164,8 +248,7 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
   __syncthreads();
 
-  const int num_tiles = (kv_len + kTile - 1) / kTile;
-  const int per_split = (num_tiles + a.splits - 1) / a.splits;
+  const int per_split = (num_tiles + splits - 1) / splits;
   const int tile_begin = min(num_tiles, split * per_split);
   const int tile_end = min(num_tiles, tile_begin + per_split);
   auto load_tile = [&](int tile, int stage) {
@@ -293,7 +376,7 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
       const int64_t t = it.Token(r, G);
       const int h = kvh * G + r % G;
       const float l = half ? l_hi : l_lo, m = half ? m_hi : m_lo;
-      if (a.splits == 1) {
+      if (splits == 1) {
         const float inv = l > 0.f ? 1.f / l : 0.f;
         uint32_t* dst = reinterpret_cast<uint32_t*>(out + (t * a.H + h) * DH);
 #pragma unroll
@@ -348,7 +431,7 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
       }
       const int64_t t = it.Token(r, G);
       const int h = kvh * G + r % G;
-      if (a.splits == 1) {
+      if (splits == 1) {
         out[(t * a.H + h) * DH + d] = FromFloat<T>(sum_l > 0.f ? acc / sum_l : 0.f);
       } else {
         const int64_t row = (static_cast<int64_t>(split) * a.T + t) * a.H + h;
@@ -359,6 +442,24 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
         }
       }
     }
+  }
+  if constexpr (RW == 1) {  // decode items (16 rows): see FusedCombine()
+  if (splits > 1 && a.split_counters != nullptr) {
+    // Flash-decoding combine in the last block of the (item, KV head) to finish: no separate
+    // combine kernel (at batch 1 that is 40 launches a token).
+    __shared__ int is_last;
+    __threadfence();  // this block's partials are visible device-wide before it is counted
+    __syncthreads();
+    if (tid == 0) {
+      int* counter = a.split_counters + item * a.Hkv + kvh;
+      is_last = atomicAdd(counter, 1) == splits - 1;
+      if (is_last) *counter = 0;  // every other split has counted: ready for the next launch
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    CombineSplits<T, DH, kRows>(a, it, G, kvh, splits, reinterpret_cast<float*>(smem));
+  }
   }
 #endif  // GLM_ATTN_MMA_ARCH
 }
@@ -371,6 +472,12 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   if (attr_err != cudaSuccess) return attr_err;
   return LaunchKernel(AttentionMmaKernel<T, DH, RW>, dim3(a.num_items, a.Hkv, a.splits), dim3(kThreads),
                       smem, stream, a, G);
+}
+
+// Whether the kernel merges the flash-decoding splits itself (decode items of <= 16 rows with
+// counters); otherwise LaunchAttentionMma runs the combine kernel after it.
+bool FusedCombine(const AttentionArgs& a, int G) {
+  return a.splits > 1 && a.split_counters != nullptr && a.tokens_per_item * G <= 16;
 }
 
 template <typename T, int DH>
@@ -415,8 +522,11 @@ cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& a, cudaSt
   if (!AttentionMmaSupports(types, a)) return cudaErrorInvalidValue;
   if (a.num_items == 0) return cudaSuccess;
   const int G = a.H / a.Hkv;
-  if (types.act == DType::kBF16) return LaunchDh<Bf16>(a, G, stream);
-  return LaunchDh<__half>(a, G, stream);
+  const cudaError_t err = types.act == DType::kBF16 ? LaunchDh<Bf16>(a, G, stream)
+                                                    : LaunchDh<__half>(a, G, stream);
+  if (err != cudaSuccess || a.splits == 1 || FusedCombine(a, G)) return err;
+  return LaunchAttentionCombine(types, a.partial_out, a.partial_ml, a.out, a.splits, a.T, a.H, a.Dh,
+                                stream);
 }
 
 }  // namespace cuda

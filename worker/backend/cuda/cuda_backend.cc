@@ -19,6 +19,7 @@
 #include <cstring>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,6 +29,7 @@
 #include "services/core/status_macros.h"
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/cuda_check.h"
+#include "worker/backend/cuda/gemm_lt.h"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
 #include "worker/model/safetensors.h"
@@ -126,6 +128,11 @@ struct StepLayout {
 
 constexpr std::array<int, 9> kGraphBatchSizes = {1, 2, 4, 8, 16, 32, 64, 128, 256};
 constexpr int kMaxDecodeSplits = 32;
+// Decode attention blocks per SM that the flash-decoding split aims at: 2, measured best for both
+// kernels (H100, 256 x (512/256): decode step 14.0 ms with 2, 15.6 with 4, 15.4 with 6 for the
+// tensor-core kernel, docs/PERFORMANCE-cuda-notes.md v5). The tensor-core kernel lowers the count
+// further per sequence for short contexts (AttentionArgs::min_tiles_per_split).
+constexpr int kDecodeBlocksPerSm = 2;
 constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
 constexpr int64_t kKvReserveBytes = 256LL << 20;  // graphs, cuBLAS internals, fragmentation
 
@@ -155,6 +162,7 @@ class CudaBackend : public Backend {
     if (prof_start_ != nullptr) CUDA_CHECK(cudaEventDestroy(prof_start_));
     if (prof_stop_ != nullptr) CUDA_CHECK(cudaEventDestroy(prof_stop_));
     for (auto& [size, exec] : graphs_) CUDA_CHECK(cudaGraphExecDestroy(exec));
+    lt_tuner_.reset();
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (stream_ != nullptr && owns_stream_) CUDA_CHECK(cudaStreamDestroy(stream_));
   }
@@ -204,6 +212,9 @@ class CudaBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   bool owns_stream_ = true;  // false: the NCCL communicator's stream
   cublasHandle_t cublas_ = nullptr;
+  // cuBLASLt GEMMs with the measured-best algorithm for M in (4, 512] (decode buckets, small
+  // mixed steps); same stream and workspace as cublas_. Null with GLM_CUDA_LT_TUNE=0.
+  std::unique_ptr<LtGemmTuner> lt_tuner_;
 
   // Tensor parallelism (LoadOptions::comm set, worker/parallel/shard_plan.h's recipe): the
   // collectives run on stream_ (the NCCL communicator's). layout_ holds the local head, kv head,
@@ -223,6 +234,7 @@ class CudaBackend : public Backend {
   // Activations, for capacity act_tokens_ tokens / act_seqs_ sequences.
   int act_tokens_ = 0, act_seqs_ = 0;
   DeviceBuffer residual_;     // [T, D] act: the residual stream
+  DeviceBuffer residual2_;    // [T, D] act: its other half when decode GEMVs fuse the norm
   DeviceBuffer delta_;        // [T, D] act: o_proj / down_proj outputs, added by the next norm
   DeviceBuffer normed_;       // [T, D] act: norm outputs (GEMM inputs)
   DeviceBuffer qkv_;          // [T, (H + 2 Hkv) * Dh] act
@@ -232,6 +244,7 @@ class CudaBackend : public Backend {
   DeviceBuffer gemm_in_;      // [T, max(D, H*Dh, F)] fp16 (fp16-safe: scaled GEMM inputs)
   DeviceBuffer partial_out_;  // [partial_rows, H, Dh] fp32 (flash-decoding partials)
   DeviceBuffer partial_ml_;   // [partial_rows, H, 2] fp32
+  DeviceBuffer split_counters_;  // [decode items, Hkv] int32, see cuda::AttentionArgs
   int64_t partial_rows_ = 0;  // splits * T capacity
   DeviceBuffer logits_act_;   // [S, V] act
   DeviceBuffer logits_f32_;   // [S, V] fp32
@@ -471,6 +484,9 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
 
   RETURN_IF_ERROR(cublas_workspace_.Allocate(kCublasWorkspaceBytes));
   CUBLAS_RETURN_IF_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_.get(), kCublasWorkspaceBytes));
+  if (LtGemmTuner::EnabledByEnv()) {
+    ASSIGN_OR_RETURN(lt_tuner_, LtGemmTuner::Create(cublas_workspace_.get(), kCublasWorkspaceBytes));
+  }
   RETURN_IF_ERROR(scalars_.Allocate(64));
   const float host_scalars[4] = {1.f, 1.f, 0.f, 0.f};  // alpha, one, zero, amax bits
   CUDA_RETURN_IF_ERROR(cudaMemcpy(scalars_.get(), host_scalars, sizeof(host_scalars), cudaMemcpyHostToDevice));
@@ -490,9 +506,13 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
 
 int CudaBackend::DecodeSplits(int seqs) const {
   const int blocks = seqs * static_cast<int>(layout_.kv_heads);
-  // About two blocks per SM. (Four was measured slower at 256 sequences: 19.7 vs 18.6 ms a
-  // decode step, docs/PERFORMANCE-cuda-notes.md v3.)
-  const int want = (2 * sm_count_ + blocks - 1) / std::max(blocks, 1);
+  static const int tuned = [] {  // GLM_CUDA_DECODE_BLOCKS_PER_SM: A/B measurements only
+    const char* env = std::getenv("GLM_CUDA_DECODE_BLOCKS_PER_SM");
+    const int v = env != nullptr ? std::atoi(env) : 0;
+    return v > 0 ? v : kDecodeBlocksPerSm;
+  }();
+  const int per_sm = tuned;
+  const int want = (per_sm * sm_count_ + blocks - 1) / std::max(blocks, 1);
   return std::clamp(want, 1, kMaxDecodeSplits);
 }
 
@@ -505,6 +525,9 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
   const int64_t act = DTypeSize(types_.act);
   const int64_t T = tokens, S = seqs;
   RETURN_IF_ERROR(residual_.Allocate(T * D * act));
+  // Decode steps that fuse the add+norm into the GEMVs alternate two residual buffers; they
+  // have at most 4 tokens.
+  RETURN_IF_ERROR(residual2_.Allocate(std::min<int64_t>(T, 4) * D * act));
   RETURN_IF_ERROR(delta_.Allocate(T * D * act));
   RETURN_IF_ERROR(normed_.Allocate(T * D * act));
   RETURN_IF_ERROR(qkv_.Allocate(T * (Q + 2 * KV) * act));
@@ -519,6 +542,11 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
   partial_rows_ = std::max<int64_t>(partial_rows_, 2 * S);
   RETURN_IF_ERROR(partial_out_.Allocate(partial_rows_ * Q * sizeof(float)));
   RETURN_IF_ERROR(partial_ml_.Allocate(partial_rows_ * H * 2 * sizeof(float)));
+  // One counter per (decode item, KV head) for the in-kernel flash-decoding combine; zero here,
+  // and every attention launch leaves them zero. Decode items are sequences (graph-padded).
+  const int64_t counters = std::max<int64_t>(S, kGraphBatchSizes.back()) * layout_.kv_heads;
+  RETURN_IF_ERROR(split_counters_.Allocate(counters * sizeof(int32_t)));
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(split_counters_.get(), 0, split_counters_.bytes(), stream_));
   RETURN_IF_ERROR(logits_act_.Allocate(S * Vp * act));
   RETURN_IF_ERROR(logits_f32_.Allocate(S * V * sizeof(float)));
   if (comm_ != nullptr) {
@@ -535,9 +563,10 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
   RETURN_IF_ERROR(sampled_host_.Allocate(2 * S * sizeof(int32_t)));
   act_tokens_ = tokens;
   act_seqs_ = seqs;
-  activation_bytes_ = residual_.bytes() + delta_.bytes() + normed_.bytes() + qkv_.bytes() +
+  activation_bytes_ = residual_.bytes() + residual2_.bytes() + delta_.bytes() + normed_.bytes() + qkv_.bytes() +
                       attn_.bytes() + gate_up_.bytes() + mlp_.bytes() + gemm_in_.bytes() +
-                      partial_out_.bytes() + partial_ml_.bytes() + logits_act_.bytes() +
+                      partial_out_.bytes() + partial_ml_.bytes() + split_counters_.bytes() +
+                      logits_act_.bytes() +
                       logits_f32_.bytes() + sampled_.bytes() + cublas_workspace_.bytes() +
                       scalars_.bytes() + tp_logits_f32_.bytes() + tp_gathered_.bytes();
   return absl::OkStatus();
@@ -739,6 +768,12 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
     CUDA_RETURN_IF_ERROR(cuda::LaunchGemv(types_, input, w.get(), y, M, N, K, alpha_dev, stream_));
     return absl::OkStatus();
   }
+  // Decode-sized M: cuBLASLt with the algorithm timed at the key's first eager call (graph
+  // capture reuses it). kUnimplemented: cuBLASLt has no algorithm here, cublasGemmEx below.
+  if (lt_tuner_ != nullptr && LtGemmTuner::Handles(M)) {
+    const absl::Status st = lt_tuner_->Run(stream_, types_, input, w.get(), y, M, N, K, alpha_dev);
+    if (st.code() != absl::StatusCode::kUnimplemented) return st;
+  }
   // Row-major y[M, N] = x[M, K] . w[N, K]^T  ==  column-major y^T[N, M] = w^T . x^T.
   const float one = 1.f, zero = 0.f;
   if (alpha_dev != nullptr) CUBLAS_RETURN_IF_ERROR(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_DEVICE));
@@ -753,6 +788,27 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
 }
 
 absl::Status CudaBackend::Phase(const char* name, const std::function<absl::Status()>& fn) {
+  // GLM_CUDA_DEBUG_SKIP=phase[,phase...]: phases not run at all (wrong results, fast): what a
+  // phase costs inside the decode graphs, where per-phase events cannot be placed. Benchmarks
+  // of the cost attribution only; logged loudly at load.
+  static const std::vector<std::string> skip = [] {
+    std::vector<std::string> out;
+    const char* env = std::getenv("GLM_CUDA_DEBUG_SKIP");
+    if (env == nullptr) return out;
+    std::string cur;
+    for (const char* c = env;; ++c) {
+      if (*c == ',' || *c == '\0') {
+        if (!cur.empty()) out.push_back(cur);
+        cur.clear();
+        if (*c == '\0') break;
+      } else {
+        cur += *c;
+      }
+    }
+    GLM_LOG(WARNING) << "GLM_CUDA_DEBUG_SKIP=" << env << ": those phases are skipped, results are wrong";
+    return out;
+  }();
+  if (!skip.empty() && std::find(skip.begin(), skip.end(), name) != skip.end()) return absl::OkStatus();
   if (!profiling_) return fn();
   if (prof_start_ == nullptr) {
     CUDA_RETURN_IF_ERROR(cudaEventCreate(&prof_start_));
@@ -820,26 +876,63 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     return absl::OkStatus();
   }));
   RETURN_IF_ERROR(all_reduce(residual_));
+  // Decode steps (T <= 4) compute the residual add + RMSNorm inside the two GEMVs that read
+  // it (every block normalizes the rows into shared memory, block 0 stores the new residual):
+  // 80 fewer kernels a token. The residual then alternates between two buffers, `res` being the
+  // current one.
+  const bool fused_norm = fused_gate_up_silu && cuda::GemvNormSupports(types_, T, D) &&
+                          types_.act == types_.weight;
+  void* res = residual_.get();
+  void* res_alt = residual2_.get();
+  auto norm_in = [&](const DeviceBuffer* delta, const DeviceBuffer* post, const DeviceBuffer& weight) {
+    cuda::GemvNormIn n;
+    n.residual_in = res;
+    n.delta = delta ? delta->get() : nullptr;
+    n.post_weight = post ? post->get() : nullptr;
+    n.weight = weight.get();
+    n.residual_out = delta ? res_alt : nullptr;
+    n.eps = eps;
+    return n;
+  };
   for (size_t l = 0; l < layers_.size(); ++l) {
     const LayerWeights& w = layers_[l];
     const LayerWeights* prev = l > 0 ? &layers_[l - 1] : nullptr;
-    RETURN_IF_ERROR(Phase("add_norm", [&] {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(
-          types_, residual_.get(), prev ? delta_.get() : nullptr,
-          prev && post_norms ? prev->post_mlp_norm.get() : nullptr, w.input_norm.get(),
-          normed_.get(), nullptr, T, D, eps, stream_));
-      return absl::OkStatus();
-    }));
-    RETURN_IF_ERROR(Phase("gemm_qkv", [&] { return Gemm(normed_.get(), T, QKV, D, w.qkv, qkv_.get()); }));
+    const DeviceBuffer* in_delta = prev ? &delta_ : nullptr;
+    const DeviceBuffer* in_post = prev && post_norms ? &prev->post_mlp_norm : nullptr;
+    if (!fused_norm) {
+      RETURN_IF_ERROR(Phase("add_norm", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(
+            types_, res, in_delta ? in_delta->get() : nullptr, in_post ? in_post->get() : nullptr,
+            w.input_norm.get(), normed_.get(), nullptr, T, D, eps, stream_));
+        return absl::OkStatus();
+      }));
+    }
     char* k_layer = k_cache_.get<char>() + l * kv_layer_elems * welem;
     char* v_layer = v_cache_.get<char>() + l * kv_layer_elems * welem;
-    RETURN_IF_ERROR(Phase("rotary_kv", [&] {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchRotaryKvWrite(
-          types_, qkv_.get(), w.qkv_bias.get(), k_layer, v_layer, step + L.positions(),
-          step + L.slots(), inv_freq_.get<float>(), T, H, Hkv, Dh,
-          static_cast<int>(config_.rotary_dim()), stream_));
-      return absl::OkStatus();
-    }));
+    // Decode steps (T <= 4) fuse bias + rotary + KV write into the QKV GEMV's epilogue (bit-
+    // identical to the pair below); not in fp16-safe mode, whose Gemm() scales its input first.
+    const bool fused_qkv_rotary =
+        types_.act == types_.weight && cuda::GemvSupports(types_.weight, T, D);
+    if (fused_qkv_rotary) {
+      const cuda::GemvNormIn nin = norm_in(in_delta, in_post, w.input_norm);
+      RETURN_IF_ERROR(Phase(fused_norm ? "gemm_qkv_norm_rotary" : "gemm_qkv_rotary", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchGemvQkvRotary(
+            types_, normed_.get(), w.qkv.get(), qkv_.get(), T, D, nullptr, w.qkv_bias.get(),
+            k_layer, v_layer, step + L.positions(), step + L.slots(), inv_freq_.get<float>(), H,
+            Hkv, Dh, static_cast<int>(config_.rotary_dim()), stream_, fused_norm ? &nin : nullptr));
+        return absl::OkStatus();
+      }));
+      if (fused_norm && in_delta != nullptr) std::swap(res, res_alt);
+    } else {
+      RETURN_IF_ERROR(Phase("gemm_qkv", [&] { return Gemm(normed_.get(), T, QKV, D, w.qkv, qkv_.get()); }));
+      RETURN_IF_ERROR(Phase("rotary_kv", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchRotaryKvWrite(
+            types_, qkv_.get(), w.qkv_bias.get(), k_layer, v_layer, step + L.positions(),
+            step + L.slots(), inv_freq_.get<float>(), T, H, Hkv, Dh,
+            static_cast<int>(config_.rotary_dim()), stream_));
+        return absl::OkStatus();
+      }));
+    }
     cuda::AttentionArgs a;
     a.q = qkv_.get();
     a.q_stride = QKV;
@@ -864,32 +957,37 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     a.partial_out = partial_out_.get<float>();
     a.partial_ml = partial_ml_.get<float>();
     a.T = T;
-    RETURN_IF_ERROR(Phase("attention", [&] {
+    a.split_counters = split_counters_.get<int32_t>();
+    static const int min_tiles = [] {  // GLM_CUDA_MIN_TILES_PER_SPLIT: A/B measurements only
+      const char* env = std::getenv("GLM_CUDA_MIN_TILES_PER_SPLIT");
+      const int v = env != nullptr ? std::atoi(env) : 0;
+      return v > 0 ? v : 4;
+    }();
+    a.min_tiles_per_split = min_tiles;
+    RETURN_IF_ERROR(Phase("attention", [&] {  // flash-decoding partials merged inside
       CUDA_RETURN_IF_ERROR(cuda::LaunchPagedAttention(types_, a, stream_));
       return absl::OkStatus();
     }));
-    if (splits > 1) {
-      RETURN_IF_ERROR(Phase("attention_combine", [&] {
-        CUDA_RETURN_IF_ERROR(cuda::LaunchAttentionCombine(types_, a.partial_out, a.partial_ml,
-                                                          attn_.get(), splits, T, H, Dh, stream_));
+    RETURN_IF_ERROR(Phase("gemm_o", [&] { return Gemm(attn_.get(), T, D, H * Dh, w.o_proj, delta_.get()); }));
+    RETURN_IF_ERROR(all_reduce(delta_));
+    if (!fused_norm) {
+      RETURN_IF_ERROR(Phase("add_norm", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(
+            types_, res, delta_.get(), post_norms ? w.post_self_attn_norm.get() : nullptr,
+            w.post_attention_norm.get(), normed_.get(), nullptr, T, D, eps, stream_));
         return absl::OkStatus();
       }));
     }
-    RETURN_IF_ERROR(Phase("gemm_o", [&] { return Gemm(attn_.get(), T, D, H * Dh, w.o_proj, delta_.get()); }));
-    RETURN_IF_ERROR(all_reduce(delta_));
-    RETURN_IF_ERROR(Phase("add_norm", [&] {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(
-          types_, residual_.get(), delta_.get(), post_norms ? w.post_self_attn_norm.get() : nullptr,
-          w.post_attention_norm.get(), normed_.get(), nullptr, T, D, eps, stream_));
-      return absl::OkStatus();
-    }));
     if (fused_gate_up_silu) {
       // Decode: one GEMV streams the gate and up rows and writes silu(g) * u (no gate_up round trip).
-      RETURN_IF_ERROR(Phase("gemm_gate_up_silu", [&] {
+      const cuda::GemvNormIn nin =
+          norm_in(&delta_, post_norms ? &w.post_self_attn_norm : nullptr, w.post_attention_norm);
+      RETURN_IF_ERROR(Phase(fused_norm ? "gemm_norm_gate_up_silu" : "gemm_gate_up_silu", [&] {
         CUDA_RETURN_IF_ERROR(cuda::LaunchGemvSiluMul(types_, normed_.get(), w.gate_up.get(), mlp_.get(),
-                                                     T, F, D, nullptr, stream_));
+                                                     T, F, D, nullptr, stream_, fused_norm ? &nin : nullptr));
         return absl::OkStatus();
       }));
+      if (fused_norm) std::swap(res, res_alt);
     } else {
       RETURN_IF_ERROR(Phase("gemm_gate_up", [&] {
         return Gemm(normed_.get(), T, 2 * F, D, w.gate_up, gate_up_.get());
@@ -906,7 +1004,7 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
   const LayerWeights& last = layers_.back();
   RETURN_IF_ERROR(Phase("final_norm", [&] {
     CUDA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(
-        types_, residual_.get(), delta_.get(), post_norms ? last.post_mlp_norm.get() : nullptr,
+        types_, res, delta_.get(), post_norms ? last.post_mlp_norm.get() : nullptr,
         final_norm_.get(), normed_.get(), step + L.logit_rows(), R, D, eps, stream_));
     return absl::OkStatus();
   }));

@@ -61,7 +61,9 @@ cudaError_t LaunchRotaryKvWrite(KernelTypes types, void* qkv, const void* bias, 
 // position, GQA-aware: one thread block serves all G = H / Hkv query heads of a KV head, so each
 // K/V vector is read once per KV head. The work is split into items (seq, first token) of
 // tokens_per_item tokens, and the context of each item into `splits` parts (flash-decoding);
-// splits > 1 writes partials and needs LaunchAttentionCombine.
+// with splits > 1 the blocks write partials that are merged either by the last block of each
+// (item, KV head) (the tensor-core kernel, given split_counters) or by LaunchAttentionCombine.
+// LaunchPagedAttention always leaves the finished rows in `out`.
 struct AttentionArgs {
   const void* q = nullptr;          // [T, q_stride] act; head h of token t at q + t*q_stride + h*Dh
   int q_stride = 0;
@@ -82,6 +84,10 @@ struct AttentionArgs {
   void* out = nullptr;              // [T, H*Dh] act (splits == 1)
   float* partial_out = nullptr;     // [splits, T, H, Dh] (splits > 1)
   float* partial_ml = nullptr;      // [splits, T, H, 2] running max and sum (splits > 1)
+  int32_t* split_counters = nullptr;  // [num_items * Hkv] zeroed once; each launch leaves them 0
+  // With split_counters (in-kernel combine, decode items of <= 16 rows): the tensor-core kernel
+  // uses min(splits, ceil(64-key tiles / min_tiles_per_split)) splits per item.
+  int min_tiles_per_split = 4;
   int T = 0;
 };
 // Tokens one prefill work item holds for G query heads per KV head.
@@ -108,7 +114,14 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
 
 // Memory-bound small-M GEMM: y[M, N] = alpha * x[M, K] . w[N, K]^T, x and w in the weight type,
 // y in the act type, fp32 accumulation; alpha: device scalar or null (1). For decode (M <= 4).
+// Narrow shapes split K over up to 4 warps of a block (GemvSplitK); results depend on the split
+// only through the fp32 summation order.
 bool GemvSupports(DType weight, int M, int K);
+// The split-K factor (1, 2 or 4) the GEMV launchers use when streaming `rows` weight rows of K
+// elements on the current device: LaunchGemv streams N rows, LaunchGemvSiluMul 2F and
+// LaunchGemvQkvRotary (H + 2 Hkv) * Dh, so each fused launcher sums exactly like the LaunchGemv
+// it replaces. (Tests and benchmarks.)
+int GemvSplitK(DType weight, int64_t rows, int K);
 cudaError_t LaunchGemv(KernelTypes types, const void* x, const void* w, void* y, int M, int N,
                        int K, const float* alpha, cudaStream_t stream);
 // Decode MLP gate/up projection with SiLU-and-multiply fused into the epilogue:
@@ -116,8 +129,37 @@ cudaError_t LaunchGemv(KernelTypes types, const void* x, const void* w, void* y,
 // x: [M, K] weight type, w_gate_up: [2F, K] weight (gate rows, then up rows), y: [M, F] act.
 // Bit-identical to LaunchGemv into an act-type [M, 2F] buffer followed by LaunchSiluMul.
 // Supported where GemvSupports(types.weight, M, K) holds.
+// Decode GEMVs whose input is the residual add + RMSNorm of the step (LaunchGemvSiluMul and
+// LaunchGemvQkvRotary take it instead of x): every block computes
+//   x = LaunchAddRmsNorm's output for (residual_in, delta, post_weight, weight, eps), [M, K]
+// into shared memory with the standalone kernel's arithmetic (same bits), and block 0 writes the
+// updated residual to residual_out when delta is set. residual_out must not be residual_in
+// (other blocks still read it): the caller alternates two residual buffers. act == weight only.
+struct GemvNormIn {
+  const void* residual_in = nullptr;  // [M, K] act
+  const void* delta = nullptr;        // [M, K] act, or null (x = norm of residual_in)
+  const void* post_weight = nullptr;  // [K] weight, or null
+  const void* weight = nullptr;       // [K] weight
+  void* residual_out = nullptr;       // [M, K] act (needed when delta is set)
+  float eps = 1e-5f;
+};
+bool GemvNormSupports(KernelTypes types, int M, int K);
 cudaError_t LaunchGemvSiluMul(KernelTypes types, const void* x, const void* w_gate_up, void* y,
-                              int M, int F, int K, const float* alpha, cudaStream_t stream);
+                              int M, int F, int K, const float* alpha, cudaStream_t stream,
+                              const GemvNormIn* norm = nullptr);
+// Decode QKV projection with LaunchRotaryKvWrite fused into the epilogue: one warp (group) per
+// adjacent column pair (2p, 2p+1) of the qkv row; x: [M, K] weight type, w_qkv: [(H + 2 Hkv) * Dh,
+// K] weight, qkv: [M, (H + 2 Hkv) * Dh] act (only the q columns are written), bias / k_cache /
+// v_cache / positions / slots / inv_freq / H / Hkv / Dh / rot_dim as for LaunchRotaryKvWrite with
+// T = M. Bit-identical to LaunchGemv into qkv followed by LaunchRotaryKvWrite (q columns of qkv,
+// the written cache slots). Supported where GemvSupports(types.weight, M, K) holds and
+// types.act == types.weight (not the fp16-safe mode).
+cudaError_t LaunchGemvQkvRotary(KernelTypes types, const void* x, const void* w_qkv, void* qkv,
+                                int M, int K, const float* alpha, const void* bias,
+                                void* k_cache, void* v_cache, const int32_t* positions,
+                                const int32_t* slots, const float* inv_freq, int H, int Hkv,
+                                int Dh, int rot_dim, cudaStream_t stream,
+                                const GemvNormIn* norm = nullptr);
 
 // fp16-safe GEMM inputs: out = fp16(x * s), s = 1 or the power of two that brings max|x| to
 // <= 2^15 when it is larger; alpha = 1/s for the GEMM. x: [n] fp32, out: [n] fp16,

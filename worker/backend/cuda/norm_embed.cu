@@ -5,6 +5,7 @@
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
+#include "worker/backend/cuda/norm_row.cuh"
 
 namespace glm {
 namespace cuda {
@@ -42,17 +43,8 @@ __global__ void EmbeddingShardKernel(const int32_t* __restrict__ ids,
   for (int d = threadIdx.x; d < D; d += blockDim.x) dst[d] = FromFloat<Act>(ToFloat(row[d]));
 }
 
-// Block-wide sum for kRowThreads threads.
-__device__ float BlockSum(float v, float* scratch /* [32] */) {
-  v = WarpSum(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < kRowThreads / 32; ++w) total += scratch[w];
-  return total;
-}
+template <typename T>
+using ActVec = TVec<T>;
 
 // One block per output row; the row (D <= 8192 fp32) is staged in shared memory.
 template <typename Act, typename Weight>
@@ -76,7 +68,7 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
         row[d] = x;
         ss += x * x;
       }
-      const float inv = rsqrtf(BlockSum(ss, scratch) / D + eps);
+      const float inv = rsqrtf(BlockSum<kRowThreads>(ss, scratch) / D + eps);
       for (int d = threadIdx.x; d < D; d += kRowThreads) {
         const float normed = RoundTo<Act>(row[d] * inv) * ToFloat(post_weight[d]);
         row[d] = RoundTo<Act>(ToFloat(res[d]) + RoundTo<Act>(normed));
@@ -91,10 +83,53 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   }
   float ss = 0.f;
   for (int d = threadIdx.x; d < D; d += kRowThreads) ss += row[d] * row[d];
-  const float inv = rsqrtf(BlockSum(ss, scratch) / D + eps);
+  const float inv = rsqrtf(BlockSum<kRowThreads>(ss, scratch) / D + eps);
   Act* o = out + static_cast<int64_t>(i) * D;
   for (int d = threadIdx.x; d < D; d += kRowThreads)
     o[d] = FromFloat<Act>(RoundTo<Act>(row[d] * inv) * ToFloat(weight[d]));
+}
+
+// AddRmsNormKernel on 16-byte vectors (D a multiple of the vector width), the shared row code of
+// norm_row.cuh: every load of a pass can be in flight at once (the shared-memory kernel's loops
+// issue one dependent load after another).
+template <typename Act, typename Weight>
+__global__ void __launch_bounds__(kRowThreads)
+AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
+                    const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
+                    Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps) {
+  __shared__ float scratch[32];
+  GridDependencyWait();
+  LaunchDependents();
+  const int i = blockIdx.x;
+  const int r = row_index ? row_index[i] : i;
+  Act* res = residual + static_cast<int64_t>(r) * D;
+  AddRmsNormRow<Act, Weight, kRowThreads>(res, delta ? delta + static_cast<int64_t>(r) * D : nullptr,
+                                          post_weight, weight, res, out + static_cast<int64_t>(i) * D,
+                                          D, eps, scratch);
+}
+
+// SiluMulKernel on 16-byte vectors (F a multiple of the vector width).
+template <typename Act>
+__global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F,
+                                 int64_t nvec) {
+  constexpr int kV = ActVec<Act>::kN;
+  GridDependencyWait();
+  LaunchDependents();
+  const int fv = F / kV;
+  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < nvec;
+       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = v / fv;
+    const int j = static_cast<int>(v % fv) * kV;
+    float g[kV], u[kV], y[kV];
+    ActVec<Act>::Load(gate_up + t * 2 * F + j, g);
+    ActVec<Act>::Load(gate_up + t * 2 * F + F + j, u);
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+      const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
+      y[e] = silu * u[e];
+    }
+    ActVec<Act>::Store(out + t * F + j, y);
+  }
 }
 
 template <typename Act>
@@ -186,6 +221,12 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
   if (D > 12288) return cudaErrorInvalidValue;  // row staged in 48 KB of shared memory
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
   return GLM_DISPATCH_TYPES(types, {
+    if (D % ActVec<Act>::kN == 0) {
+      return LaunchKernel(AddRmsNormVecKernel<Act, Weight>, rows, kRowThreads, 0, stream,
+                          static_cast<Act*>(residual), static_cast<const Act*>(delta),
+                          static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
+                          static_cast<Act*>(out), row_index, D, eps);
+    }
     return LaunchKernel(AddRmsNormKernel<Act, Weight>, rows, kRowThreads, smem, stream,
                         static_cast<Act*>(residual), static_cast<const Act*>(delta),
                         static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
@@ -198,6 +239,11 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   const int64_t n = static_cast<int64_t>(T) * F;
   if (n == 0) return cudaSuccess;
   return GLM_DISPATCH_TYPES(types, {
+    constexpr int kV = ActVec<Act>::kN;
+    if (F % kV == 0) {
+      return LaunchKernel(SiluMulVecKernel<Act>, GridFor(n / kV, 256), 256, 0, stream,
+                          static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n / kV);
+    }
     return LaunchKernel(SiluMulKernel<Act>, GridFor(n, 256), 256, 0, stream,
                         static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n);
   });

@@ -1,0 +1,104 @@
+// One row of the fused residual add + RMSNorm (LaunchAddRmsNorm's arithmetic) done by a whole
+// block: the standalone AddRmsNorm kernel and the decode GEMVs' norm prologue (gemv.cu) share it,
+// so both give the same bits. 16-byte vectors; thread t owns the vectors t, t + kThreads, ...,
+// and every sum runs in that order, then across the warps in order. Explicit fmaf / __fmul_rn /
+// __fadd_rn: the same bits wherever the compiler inlines it (no contraction differences).
+#pragma once
+
+#include "worker/backend/cuda/device_types.cuh"
+
+namespace glm {
+namespace cuda {
+
+// Block-wide sum for kThreads threads (a multiple of 32); every thread gets the total.
+template <int kThreads>
+__device__ __forceinline__ float BlockSum(float v, float* scratch /* [32] */) {
+  v = WarpSum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) total += scratch[w];
+  return total;
+}
+
+// 16-byte vectors of T: load as floats, store from floats (FromFloat per element). Pointers may
+// be global or shared.
+template <typename T>
+struct TVec {
+  static constexpr int kN = 16 / sizeof(T);
+  __device__ __forceinline__ static void Load(const T* p, float* out) {
+    Vec16<T>::Unpack(*reinterpret_cast<const int4*>(p), out);
+  }
+  __device__ __forceinline__ static void Store(T* p, const float* in) {
+    union {
+      int4 v;
+      T e[kN];
+    } u;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) u.e[i] = FromFloat<T>(in[i]);
+    *reinterpret_cast<int4*>(p) = u.v;
+  }
+};
+
+// D % TVec<Act>::kN == 0. With delta: x = RoundTo<Act>(res_in + d), d = delta or, with post_w,
+// RoundTo<Act>(RoundTo<Act>(rmsnorm(delta)) * post_w); res_out (may be null, may equal res_in)
+// gets x. Without delta x = res_in. Then out = RoundTo<Act>(x * rsqrt(mean(x^2) + eps)) * w.
+// out (global or shared) is used as the staging row; it must not overlap res_in / delta.
+template <typename Act, typename Weight, int kThreads>
+__device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight* post_w,
+                              const Weight* w, Act* res_out, Act* out, int D, float eps,
+                              float* scratch /* [32] */) {
+  constexpr int kV = TVec<Act>::kN;
+  const int nvec = D / kV;
+  float inv_post = 0.f;
+  if (delta != nullptr && post_w != nullptr) {
+    float ss = 0.f;
+#pragma unroll 2
+    for (int v = threadIdx.x; v < nvec; v += kThreads) {
+      float d[kV];
+      TVec<Act>::Load(delta + v * kV, d);
+#pragma unroll
+      for (int e = 0; e < kV; ++e) ss = fmaf(d[e], d[e], ss);
+    }
+    inv_post = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
+  }
+  float ss = 0.f;
+#pragma unroll 2
+  for (int v = threadIdx.x; v < nvec; v += kThreads) {
+    float x[kV];
+    TVec<Act>::Load(res_in + v * kV, x);
+    if (delta != nullptr) {
+      float d[kV];
+      TVec<Act>::Load(delta + v * kV, d);
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        if (post_w != nullptr) {
+          const float normed =
+              __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), ToFloat(post_w[v * kV + e]));
+          x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
+        } else {
+          x[e] = RoundTo<Act>(__fadd_rn(x[e], d[e]));
+        }
+      }
+      if (res_out != nullptr) TVec<Act>::Store(res_out + v * kV, x);
+    }
+#pragma unroll
+    for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
+    TVec<Act>::Store(out + v * kV, x);  // exact: x holds Act values
+  }
+  const float inv = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
+#pragma unroll 2
+  for (int v = threadIdx.x; v < nvec; v += kThreads) {
+    float x[kV];
+    TVec<Act>::Load(out + v * kV, x);  // this thread's own vector, stored above
+#pragma unroll
+    for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), ToFloat(w[v * kV + e]));
+    TVec<Act>::Store(out + v * kV, x);
+  }
+}
+
+}  // namespace cuda
+}  // namespace glm
