@@ -107,9 +107,8 @@ struct MmaSmem {
   static constexpr size_t kStage = size_t{2} * kTile * kStride * 2;  // K and V tiles, bytes
   static constexpr size_t kMerge = size_t{kWarps} * 16 * DH * 4 + size_t{kWarps} * 16 * 2 * 4;
   static constexpr size_t kQ = size_t{kMaxRows} * kStride * 2;
-  static constexpr size_t kBytes = (2 * kStage > kMerge ? 2 * kStage : kMerge) > kQ
-                                       ? (2 * kStage > kMerge ? 2 * kStage : kMerge)
-                                       : kQ;
+  static_assert(kQ <= kStage, "Q is staged in the second tile stage");
+  static constexpr size_t kBytes = 2 * kStage > kMerge ? 2 * kStage : kMerge;
 };
 
 // out rows of one (item, KV head) = the splits' partials merged (what LaunchAttentionCombine
@@ -185,7 +184,6 @@ __device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, i
 // RW: warps that split the rows (16 each); the other kWarps / RW split each tile's keys.
 template <typename T, int DH, int RW>
 __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, int G) {
-  GridDependencyWait();
   LaunchDependents();
 #if !defined(GLM_ATTN_MMA_ARCH)
   __trap();
@@ -208,6 +206,9 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int rw = warp % RW, kw = warp / RW;
   const int g = lane / 4, tq = lane % 4;
+  // Before GridDependencyWait() (PDL), only what no earlier kernel of the step writes: the step
+  // tables (copied from the host before the step's first kernel) and the K/V of positions
+  // cached by earlier steps. Q and the new tokens' K/V come from the QKV kernel just before.
   // Items in reverse order: the last items of a prompt see the most keys; start them first.
   const int item = a.num_items - 1 - blockIdx.x;
   const AttentionItem it(a, item, G);
@@ -224,29 +225,14 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
       splits = min(splits, max(1, (num_tiles + per - 1) / per));
     }
   }
-  if (split >= splits) return;
+  if (split >= splits) {
+    GridDependencyWait();
+    return;
+  }
   const uint16_t* q = static_cast<const uint16_t*>(a.q);
   const uint16_t* kc = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* vc = static_cast<const uint16_t*>(a.v_cache);
-
-  // Q rows through shared memory (the tile buffers, not yet in use) into A fragments.
-  for (int v = tid; v < kRows * kVecs; v += kThreads) {
-    const int r = v / kVecs, c = (v % kVecs) * 8;
-    int4 val = make_int4(0, 0, 0, 0);
-    if (r < nrows) {
-      val = *reinterpret_cast<const int4*>(q + it.Token(r, G) * a.q_stride + (kvh * G + r % G) * DH + c);
-    }
-    *reinterpret_cast<int4*>(tiles + r * kStride + c) = val;
-  }
   for (int r = tid; r < kRows; r += kThreads) row_pos[r] = r < nrows ? a.positions[it.Token(r, G)] : -1;
-  __syncthreads();
-  uint32_t qa[kKS][4];
-#pragma unroll
-  for (int ks = 0; ks < kKS; ++ks) {
-    LdMatrixX4(qa[ks], tiles + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
-  }
-  const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
-  __syncthreads();
 
   const int per_split = (num_tiles + splits - 1) / splits;
   const int tile_begin = min(num_tiles, split * per_split);
@@ -264,7 +250,31 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
     }
     CpAsyncCommit();
   };
-  if (tile_begin < tile_end) load_tile(tile_begin, 0);
+  // The first tile early when all its keys precede the item's first new token.
+  const int first_new = nrows > 0 ? a.positions[it.token_begin] : 0;
+  const bool early = tile_begin < tile_end && (tile_begin + 1) * kTile <= first_new;
+  if (early) load_tile(tile_begin, 0);
+  GridDependencyWait();
+
+  // Q rows through shared memory (stage 1 of the tile buffers, not yet in use) into A fragments.
+  uint16_t* q_stage = tiles + 2 * kTile * kStride;
+  for (int v = tid; v < kRows * kVecs; v += kThreads) {
+    const int r = v / kVecs, c = (v % kVecs) * 8;
+    int4 val = make_int4(0, 0, 0, 0);
+    if (r < nrows) {
+      val = *reinterpret_cast<const int4*>(q + it.Token(r, G) * a.q_stride + (kvh * G + r % G) * DH + c);
+    }
+    *reinterpret_cast<int4*>(q_stage + r * kStride + c) = val;
+  }
+  __syncthreads();
+  uint32_t qa[kKS][4];
+#pragma unroll
+  for (int ks = 0; ks < kKS; ++ks) {
+    LdMatrixX4(qa[ks], q_stage + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
+  }
+  const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
+  __syncthreads();  // stage 1 is free again
+  if (!early && tile_begin < tile_end) load_tile(tile_begin, 0);
 
   const float sl2 = a.scale * kLog2e;  // scores in the log2 domain
   float o[kDT][4];
