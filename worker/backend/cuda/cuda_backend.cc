@@ -563,7 +563,8 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
   RETURN_IF_ERROR(sampled_host_.Allocate(2 * S * sizeof(int32_t)));
   act_tokens_ = tokens;
   act_seqs_ = seqs;
-  activation_bytes_ = residual_.bytes() + residual2_.bytes() + delta_.bytes() + normed_.bytes() + qkv_.bytes() +
+  activation_bytes_ = (lt_tuner_ ? static_cast<int64_t>(lt_tuner_->device_bytes()) : 0) +
+                      residual_.bytes() + residual2_.bytes() + delta_.bytes() + normed_.bytes() + qkv_.bytes() +
                       attn_.bytes() + gate_up_.bytes() + mlp_.bytes() + gemm_in_.bytes() +
                       partial_out_.bytes() + partial_ml_.bytes() + split_counters_.bytes() +
                       logits_act_.bytes() +

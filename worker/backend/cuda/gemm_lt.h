@@ -56,6 +56,8 @@ class LtGemmTuner {
   static absl::StatusOr<std::unique_ptr<LtGemmTuner>> Create(void* workspace, size_t workspace_bytes,
                                                              bool share_choices = true);
   ~LtGemmTuner();
+  // Device memory the tuner holds (its L2 flush buffer), for the backend's memory report.
+  size_t device_bytes() const { return flush_bytes_; }
   LtGemmTuner(const LtGemmTuner&) = delete;
   LtGemmTuner& operator=(const LtGemmTuner&) = delete;
 
