@@ -274,11 +274,14 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   a.partial_out = d_po; a.partial_ml = d_ml; a.T = T;
   void* d_counters = nullptr;
   testing::UploadInts(&d_counters, std::vector<int32_t>(item_seq.size() * Hkv, 0));
-  // Run 0 and 1: the in-kernel split combine (tensor-core kernel with counters); it must leave
+  // Runs 0 and 1: the in-kernel split combine (tensor-core kernel with counters); it must leave
   // its counters at zero, so the second launch (a graph replay) gives the same rows bit for bit.
-  // Run 2: without counters (every split writes partials, the combine kernel merges them).
+  // Runs 2 and 3: the same with the decode pipeline depth forced to 2 and 4 stages (the automatic
+  // choice takes 4 for small batches like these). Run 4: without counters (every split writes
+  // partials, the combine kernel merges them).
   std::vector<float> fused;
-  for (int run = 0; run < 3; ++run) {
+  std::vector<std::vector<float>> forced;
+  for (int run = 0; run < 5; ++run) {
     out.Poison();
     if (force_simt) {
       ASSERT_CUDA(cuda::LaunchPagedAttentionSimt(tc.types, a, nullptr));
@@ -286,11 +289,13 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
         ASSERT_CUDA(cuda::LaunchAttentionCombine(tc.types, d_po, d_ml, out.get(), ac.splits, T, H, Dh, nullptr));
       }
     } else {
-      a.split_counters = run < 2 ? static_cast<int32_t*>(d_counters) : nullptr;
+      a.split_counters = run < 4 ? static_cast<int32_t*>(d_counters) : nullptr;
+      a.stages = run == 2 ? 2 : run == 3 ? 4 : 0;
       ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
     }
     if (run == 0) fused = out.Download();
     if (run == 1) EXPECT_EQ(out.Download(), fused) << "a second launch differs (split counters not reset?)";
+    if (run == 2 || run == 3) forced.push_back(out.Download());
   }
   auto got = out.Download();
   {
@@ -330,6 +335,8 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   }
   ExpectClose(got, want, 2 * tc.tol + 1e-4f, 0.05f, "attention");
   ExpectClose(fused, want, 2 * tc.tol + 1e-4f, 0.05f, "attention, splits merged in the kernel");
+  ExpectClose(forced[0], want, 2 * tc.tol + 1e-4f, 0.05f, "attention, 2-stage pipeline");
+  ExpectClose(forced[1], want, 2 * tc.tol + 1e-4f, 0.05f, "attention, 4-stage pipeline");
   for (void* p : {d_bt, d_stride, d_qs, d_ctx, d_pos, d_is, d_it}) cudaFree(p);
   cudaFree(d_po);
   cudaFree(d_ml);

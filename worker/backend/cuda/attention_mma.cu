@@ -101,14 +101,14 @@ __device__ __forceinline__ void CpAsyncWait() {
 }
 #endif  // GLM_ATTN_MMA_ARCH
 
-template <int DH>
+template <int DH, int STAGES>
 struct MmaSmem {
   static constexpr int kStride = DH + 8;  // 16-bit elements: rows 16 bytes apart mod 128, no conflicts
   static constexpr size_t kStage = size_t{2} * kTile * kStride * 2;  // K and V tiles, bytes
   static constexpr size_t kMerge = size_t{kWarps} * 16 * DH * 4 + size_t{kWarps} * 16 * 2 * 4;
   static constexpr size_t kQ = size_t{kMaxRows} * kStride * 2;
-  static_assert(kQ <= kStage, "Q is staged in the second tile stage");
-  static constexpr size_t kBytes = 2 * kStage > kMerge ? 2 * kStage : kMerge;
+  static_assert(kQ <= kStage, "Q is staged in the last tile stage");
+  static constexpr size_t kBytes = STAGES * kStage > kMerge ? STAGES * kStage : kMerge;
 };
 
 // out rows of one (item, KV head) = the splits' partials merged (what LaunchAttentionCombine
@@ -181,8 +181,22 @@ __device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, i
   }
 }
 
+// Waits until at most n (0..3) cp.async groups are pending.
+__device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
+#if defined(GLM_ATTN_MMA_ARCH)
+  switch (n) {
+    case 0: CpAsyncWait<0>(); break;
+    case 1: CpAsyncWait<1>(); break;
+    case 2: CpAsyncWait<2>(); break;
+    default: CpAsyncWait<3>(); break;
+  }
+#endif
+}
+
 // RW: warps that split the rows (16 each); the other kWarps / RW split each tile's keys.
-template <typename T, int DH, int RW>
+// STAGES: K/V tiles in flight + 1 (2: double buffering; 4 for small decode batches, where one
+// block walks a whole short context and the latency of each tile is the cost).
+template <typename T, int DH, int RW, int STAGES>
 __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, int G) {
   LaunchDependents();
 #if !defined(GLM_ATTN_MMA_ARCH)
@@ -194,12 +208,13 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   constexpr int kNT = kWarpKeys / 8;     // S column tiles of a warp
   constexpr int kDT = DH / 8;            // O column tiles
   constexpr int kKS = DH / 16;           // k-steps of Q K^T
-  constexpr int kStride = MmaSmem<DH>::kStride;
+  constexpr int kStride = MmaSmem<DH, STAGES>::kStride;
+  static_assert(STAGES >= 2 && STAGES <= 4, "stages");
   constexpr int kVecs = DH / 8;          // 16-byte vectors per row
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr float kLn2 = 0.6931471805599453f;
   extern __shared__ __align__(128) unsigned char smem[];
-  uint16_t* tiles = reinterpret_cast<uint16_t*>(smem);  // [2 stages][K | V][kTile][kStride]
+  uint16_t* tiles = reinterpret_cast<uint16_t*>(smem);  // [STAGES][K | V][kTile][kStride]
   __shared__ int row_pos[kRows];
 
   const int kvh = blockIdx.y, split = blockIdx.z;
@@ -250,14 +265,20 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
     }
     CpAsyncCommit();
   };
-  // The first tile early when all its keys precede the item's first new token.
+  // Tile t lives in stage (t - tile_begin) % STAGES; up to STAGES - 1 tiles are in flight ahead of
+  // the one being computed. Before the wait: the tiles whose keys all precede the item's first
+  // new token (stages 0..STAGES-2; the last stage holds Q meanwhile).
+  int issued = tile_begin;
   const int first_new = nrows > 0 ? a.positions[it.token_begin] : 0;
-  const bool early = tile_begin < tile_end && (tile_begin + 1) * kTile <= first_new;
-  if (early) load_tile(tile_begin, 0);
+  while (issued < tile_end && issued - tile_begin < STAGES - 1 && (issued + 1) * kTile <= first_new) {
+    load_tile(issued, (issued - tile_begin) % STAGES);
+    ++issued;
+  }
   GridDependencyWait();
 
-  // Q rows through shared memory (stage 1 of the tile buffers, not yet in use) into A fragments.
-  uint16_t* q_stage = tiles + 2 * kTile * kStride;
+  // Q rows through shared memory (the last stage of the tile buffers, not yet in use) into A
+  // fragments.
+  uint16_t* q_stage = tiles + (STAGES - 1) * 2 * kTile * kStride;
   for (int v = tid; v < kRows * kVecs; v += kThreads) {
     const int r = v / kVecs, c = (v % kVecs) * 8;
     int4 val = make_int4(0, 0, 0, 0);
@@ -273,8 +294,7 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
     LdMatrixX4(qa[ks], q_stage + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
   }
   const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
-  __syncthreads();  // stage 1 is free again
-  if (!early && tile_begin < tile_end) load_tile(tile_begin, 0);
+  __syncthreads();  // the last stage is free again
 
   const float sl2 = a.scale * kLog2e;  // scores in the log2 domain
   float o[kDT][4];
@@ -284,13 +304,13 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   const int key0 = kw * kWarpKeys;  // the warp's first key inside a tile
 
   for (int tile = tile_begin; tile < tile_end; ++tile) {
-    const int stage = (tile - tile_begin) & 1;
-    if (tile + 1 < tile_end) {
-      load_tile(tile + 1, stage ^ 1);
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
+    const int stage = (tile - tile_begin) % STAGES;
+    // Tiles up to tile + STAGES - 1 in flight; the stage they reuse was computed last iteration.
+    while (issued < tile_end && issued <= tile + STAGES - 1) {
+      load_tile(issued, (issued - tile_begin) % STAGES);
+      ++issued;
     }
+    CpAsyncWaitAtMost(issued - tile - 1);  // this tile's group is complete
     __syncthreads();
     const uint16_t* k_t = tiles + stage * 2 * kTile * kStride;
     const uint16_t* v_t = k_t + kTile * kStride;
@@ -474,14 +494,17 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
 #endif  // GLM_ATTN_MMA_ARCH
 }
 
-template <typename T, int DH, int RW>
+int DeviceSmCount();
+
+template <typename T, int DH, int RW, int STAGES>
 cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
-  constexpr size_t smem = MmaSmem<DH>::kBytes;
+  constexpr size_t smem = MmaSmem<DH, STAGES>::kBytes;
   static const cudaError_t attr_err = cudaFuncSetAttribute(
-      AttentionMmaKernel<T, DH, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      AttentionMmaKernel<T, DH, RW, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
-  return LaunchKernel(AttentionMmaKernel<T, DH, RW>, dim3(a.num_items, a.Hkv, a.splits), dim3(kThreads),
-                      smem, stream, a, G);
+  return LaunchKernel(AttentionMmaKernel<T, DH, RW, STAGES>, dim3(a.num_items, a.Hkv, a.splits),
+                      dim3(kThreads), smem, stream, a, G);
 }
 
 // Whether the kernel merges the flash-decoding splits itself (decode items of <= 16 rows with
@@ -493,9 +516,15 @@ bool FusedCombine(const AttentionArgs& a, int G) {
 template <typename T, int DH>
 cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
   const int rows = a.tokens_per_item * G;
-  if (rows <= 16) return LaunchTyped<T, DH, 1>(a, G, stream);
-  if (rows <= 32) return LaunchTyped<T, DH, 2>(a, G, stream);
-  return LaunchTyped<T, DH, 4>(a, G, stream);
+  if (rows <= 16) {
+    // Small decode batches (every block fits one per SM): four stages, each block keeps its
+    // whole short context in flight. a.stages forces a count (tests).
+    const bool few = int64_t{a.num_items} * a.Hkv * a.splits <= DeviceSmCount();
+    if (a.stages == 4 || (a.stages == 0 && few)) return LaunchTyped<T, DH, 1, 4>(a, G, stream);
+    return LaunchTyped<T, DH, 1, 2>(a, G, stream);
+  }
+  if (rows <= 32) return LaunchTyped<T, DH, 2, 2>(a, G, stream);
+  return LaunchTyped<T, DH, 4, 2>(a, G, stream);
 }
 
 template <typename T>
@@ -506,6 +535,17 @@ cudaError_t LaunchDh(const AttentionArgs& a, int G, cudaStream_t stream) {
     case 128: return LaunchRows<T, 128>(a, G, stream);
     default: return cudaErrorInvalidValue;
   }
+}
+
+// SMs of the current device, once per process (one device per process).
+int DeviceSmCount() {
+  static const int sms = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
+    return v;
+  }();
+  return sms;
 }
 
 // Compute capability major of the current device, once per process (one device per process).

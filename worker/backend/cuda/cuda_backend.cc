@@ -134,6 +134,20 @@ constexpr int kMaxDecodeSplits = 32;
 // further per sequence for short contexts (AttentionArgs::min_tiles_per_split).
 constexpr int kDecodeBlocksPerSm = 2;
 constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
+
+// A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
+// benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
+int PositiveEnvOr(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  const int v = env != nullptr ? std::atoi(env) : 0;
+  return v > 0 ? v : fallback;
+}
+// Fewest 64-key tiles per flash-decoding split of the tensor-core attention (4 measured best at
+// bs1: 136.5 tok/s against 122.9 with 2 and 119.6 with 1).
+int MinTilesPerSplit() {
+  static const int v = PositiveEnvOr("GLM_CUDA_MIN_TILES_PER_SPLIT", 4);
+  return v;
+}
 constexpr int64_t kKvReserveBytes = 256LL << 20;  // graphs, cuBLAS internals, fragmentation
 
 KernelTypes TypesFor(Precision p) {
@@ -506,12 +520,7 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
 
 int CudaBackend::DecodeSplits(int seqs) const {
   const int blocks = seqs * static_cast<int>(layout_.kv_heads);
-  static const int tuned = [] {  // GLM_CUDA_DECODE_BLOCKS_PER_SM: A/B measurements only
-    const char* env = std::getenv("GLM_CUDA_DECODE_BLOCKS_PER_SM");
-    const int v = env != nullptr ? std::atoi(env) : 0;
-    return v > 0 ? v : kDecodeBlocksPerSm;
-  }();
-  const int per_sm = tuned;
+  static const int per_sm = PositiveEnvOr("GLM_CUDA_DECODE_BLOCKS_PER_SM", kDecodeBlocksPerSm);
   const int want = (per_sm * sm_count_ + blocks - 1) / std::max(blocks, 1);
   return std::clamp(want, 1, kMaxDecodeSplits);
 }
@@ -854,10 +863,10 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
   int32_t* step = step_dev_.get<int32_t>();
   const int64_t kv_layer_elems = int64_t{num_blocks_} * block_size_ * Hkv * Dh;
   const int64_t welem = DTypeSize(types_.weight);
-  // Decode steps (T <= 4) fuse SiLU-and-multiply into the gate/up GEMV; not in fp16-safe mode,
-  // whose Gemm() scales the fp32 activations into an fp16 GEMM input first.
-  const bool fused_gate_up_silu =
-      types_.act == types_.weight && cuda::GemvSupports(types_.weight, T, D);
+  // Decode steps (T <= 4) run fused GEMVs: bias + rotary + KV write in the QKV GEMV's epilogue,
+  // SiLU-and-multiply in the gate/up one (each bit-identical to the unfused pair). Not in
+  // fp16-safe mode, whose Gemm() scales the fp32 activations into an fp16 GEMM input first.
+  const bool decode_gemv = types_.act == types_.weight && cuda::GemvSupports(types_.weight, T, D);
 
   // Tensor parallelism: row-parallel outputs (vocab-parallel embedding, o_proj, down_proj) are
   // summed over the group before anything else reads them (post norms, residual add).
@@ -881,8 +890,7 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
   // it (every block normalizes the rows into shared memory, block 0 stores the new residual):
   // 80 fewer kernels a token. The residual then alternates between two buffers, `res` being the
   // current one.
-  const bool fused_norm = fused_gate_up_silu && cuda::GemvNormSupports(types_, T, D) &&
-                          types_.act == types_.weight;
+  const bool fused_norm = decode_gemv && cuda::GemvNormSupports(types_, T, D);
   void* res = residual_.get();
   void* res_alt = residual2_.get();
   auto norm_in = [&](const DeviceBuffer* delta, const DeviceBuffer* post, const DeviceBuffer& weight) {
@@ -910,11 +918,7 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     }
     char* k_layer = k_cache_.get<char>() + l * kv_layer_elems * welem;
     char* v_layer = v_cache_.get<char>() + l * kv_layer_elems * welem;
-    // Decode steps (T <= 4) fuse bias + rotary + KV write into the QKV GEMV's epilogue (bit-
-    // identical to the pair below); not in fp16-safe mode, whose Gemm() scales its input first.
-    const bool fused_qkv_rotary =
-        types_.act == types_.weight && cuda::GemvSupports(types_.weight, T, D);
-    if (fused_qkv_rotary) {
+    if (decode_gemv) {
       const cuda::GemvNormIn nin = norm_in(in_delta, in_post, w.input_norm);
       RETURN_IF_ERROR(Phase(fused_norm ? "gemm_qkv_norm_rotary" : "gemm_qkv_rotary", [&] {
         CUDA_RETURN_IF_ERROR(cuda::LaunchGemvQkvRotary(
@@ -959,12 +963,7 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     a.partial_ml = partial_ml_.get<float>();
     a.T = T;
     a.split_counters = split_counters_.get<int32_t>();
-    static const int min_tiles = [] {  // GLM_CUDA_MIN_TILES_PER_SPLIT: A/B measurements only
-      const char* env = std::getenv("GLM_CUDA_MIN_TILES_PER_SPLIT");
-      const int v = env != nullptr ? std::atoi(env) : 0;
-      return v > 0 ? v : 4;
-    }();
-    a.min_tiles_per_split = min_tiles;
+    a.min_tiles_per_split = MinTilesPerSplit();
     RETURN_IF_ERROR(Phase("attention", [&] {  // flash-decoding partials merged inside
       CUDA_RETURN_IF_ERROR(cuda::LaunchPagedAttention(types_, a, stream_));
       return absl::OkStatus();
@@ -979,8 +978,8 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
         return absl::OkStatus();
       }));
     }
-    if (fused_gate_up_silu) {
-      // Decode: one GEMV streams the gate and up rows and writes silu(g) * u (no gate_up round trip).
+    if (decode_gemv) {
+      // One GEMV streams the gate and up rows and writes silu(g) * u (no gate_up round trip).
       const cuda::GemvNormIn nin =
           norm_in(&delta_, post_norms ? &w.post_self_attn_norm : nullptr, w.post_attention_norm);
       RETURN_IF_ERROR(Phase(fused_norm ? "gemm_norm_gate_up_silu" : "gemm_gate_up_silu", [&] {

@@ -88,6 +88,9 @@ struct AttentionArgs {
   // With split_counters (in-kernel combine, decode items of <= 16 rows): the tensor-core kernel
   // uses min(splits, ceil(64-key tiles / min_tiles_per_split)) splits per item.
   int min_tiles_per_split = 4;
+  // K/V pipeline depth of the tensor-core decode kernel: 0 picks (4 for small batches, else 2);
+  // 2 or 4 force it (tests).
+  int stages = 0;
   int T = 0;
 };
 // Tokens one prefill work item holds for G query heads per KV head.
