@@ -5,7 +5,14 @@
 // for one KV head and one split of the context. Its query rows are (token, head of the group)
 // pairs, token-major, so K/V are read once per KV head for all G heads (GLM-4-9B: G = 16, so a
 // decode token is exactly one 16-row MMA tile). K/V tiles of 64 keys stream through shared memory
-// with cp.async, double-buffered; rows beyond the context are zero-filled.
+// with cp.async in a 2-stage pipeline (4 stages for small decode batches); rows beyond the context
+// are zero-filled. With PDL the block reads the step tables and starts loading the K/V cached by
+// earlier steps before it waits for the QKV kernel (which writes Q and the new tokens' K/V).
+//
+// Flash-decoding: with split_counters, a decode item's split count adapts to its context (at
+// least min_tiles_per_split tiles a split, so a short context is one block) and the last split
+// block of an item merges the partials (CombineSplits); otherwise every split writes partials
+// and LaunchAttentionMma runs the combine kernel.
 //
 // FlashAttention-2 style register dataflow on m16n8k16 MMAs with fp32 accumulation: S = Q K^T lands
 // in accumulator fragments whose layout is the A-operand layout of P V, so the probabilities never
