@@ -16,6 +16,12 @@
 // of its column (eight loads in flight per lane) and applies SiLU-and-multiply before the store;
 // the decode QKV variant (LaunchGemvQkvRotary) gives each warp the adjacent rows (2p, 2p+1) and
 // applies the bias, GLM's partial rotary and the paged KV write of RotaryKvWriteKernel.
+// Both can take their input as a norm prologue (GemvNormIn): every block computes the residual
+// add + RMSNorm of the <= 4 rows into shared memory with the standalone kernel's code
+// (norm_row.cuh) after the PDL wait, block 0 storing the updated residual.
+//
+// PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
+// depend on earlier kernels).
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
