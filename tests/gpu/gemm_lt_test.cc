@@ -39,25 +39,7 @@ const TypeCase kTypeCases[] = {
 };
 constexpr float kDeviceAlpha = 0.5f;
 
-cudaDataType_t CudaType(DType dt) {
-  switch (dt) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-  }
-  return CUDA_R_32F;
-}
-
-void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, float tol,
-                 float floor, const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = std::isfinite(got[i]) && std::fabs(got[i] - want[i]) <= tol * (std::fabs(want[i]) + floor);
-    if (!ok && ++bad <= 5) ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ";
-}
+using testing::ExpectClose;
 
 class LtGemmTest : public ::testing::TestWithParam<TypeCase> {
  protected:
@@ -99,8 +81,8 @@ class LtGemmTest : public ::testing::TestWithParam<TypeCase> {
               CUBLAS_STATUS_SUCCESS);
     const cublasStatus_t st = cublasGemmEx(
         cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, dev ? static_cast<const void*>(scalars_) : &one, w,
-        CudaType(t.weight), K, x, CudaType(t.weight), K, dev ? static_cast<const void*>(scalars_ + 1) : &zero,
-        y, CudaType(t.act), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        CudaDataType(t.weight), K, x, CudaDataType(t.weight), K, dev ? static_cast<const void*>(scalars_ + 1) : &zero,
+        y, CudaDataType(t.act), N, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
     ASSERT_EQ(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST), CUBLAS_STATUS_SUCCESS);
     ASSERT_EQ(st, CUBLAS_STATUS_SUCCESS);
     ASSERT_CUDA(cudaStreamSynchronize(stream_));

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -32,6 +33,19 @@ inline std::string NoCudaDeviceReason() {
   } while (0)
 
 #define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
+
+// Every got[i] finite and |got - want| <= tol * (|want| + floor): one rounding step of the type,
+// or accumulation order. Names the first five misses.
+inline void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, float tol,
+                 float floor, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool ok = std::isfinite(got[i]) && std::fabs(got[i] - want[i]) <= tol * (std::fabs(want[i]) + floor);
+    if (!ok && ++bad <= 5) ADD_FAILURE() << what << "[" << i << "]: got " << got[i] << ", want " << want[i];
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << got.size() << " elements differ";
+}
 
 // fp32 -> stored type -> fp32 (what a buffer of that type holds).
 inline float RoundThrough(DType dt, float x) {

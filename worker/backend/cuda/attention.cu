@@ -226,9 +226,11 @@ cudaError_t LaunchAttentionDh(const AttentionArgs& a, int G, cudaStream_t stream
 int AttentionTokensPerItem(int G) { return G >= kPrefillRows ? 1 : kPrefillRows / G; }
 
 cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
-  if (AttentionMmaSupports(types, a)) return LaunchAttentionMma(types, a, stream);
-  const cudaError_t err = LaunchPagedAttentionSimt(types, a, stream);
-  if (err != cudaSuccess || a.splits == 1) return err;
+  if (a.num_items == 0) return cudaSuccess;
+  const bool mma = AttentionMmaSupports(types, a);
+  const cudaError_t err =
+      mma ? LaunchAttentionMma(types, a, stream) : LaunchPagedAttentionSimt(types, a, stream);
+  if (err != cudaSuccess || a.splits == 1 || (mma && AttentionMmaMergesSplits(a))) return err;
   return LaunchAttentionCombine(types, a.partial_out, a.partial_ml, a.out, a.splits, a.T, a.H, a.Dh,
                                 stream);
 }

@@ -12,7 +12,7 @@
 // Flash-decoding: with split_counters, a decode item's split count adapts to its context (at
 // least min_tiles_per_split tiles a split, so a short context is one block) and the last split
 // block of an item merges the partials (CombineSplits); otherwise every split writes partials
-// and LaunchAttentionMma runs the combine kernel.
+// and LaunchPagedAttention runs the combine kernel.
 //
 // FlashAttention-2 style register dataflow on m16n8k16 MMAs with fp32 accumulation: S = Q K^T lands
 // in accumulator fragments whose layout is the A-operand layout of P V, so the probabilities never
@@ -480,28 +480,27 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
       }
     }
   }
-  if constexpr (RW == 1) {  // decode items (16 rows): see FusedCombine()
-  if (splits > 1 && a.split_counters != nullptr) {
-    // Flash-decoding combine in the last block of the (item, KV head) to finish: no separate
-    // combine kernel (at batch 1 that is 40 launches a token).
-    __shared__ int is_last;
-    __threadfence();  // this block's partials are visible device-wide before it is counted
-    __syncthreads();
-    if (tid == 0) {
-      int* counter = a.split_counters + item * a.Hkv + kvh;
-      is_last = atomicAdd(counter, 1) == splits - 1;
-      if (is_last) *counter = 0;  // every other split has counted: ready for the next launch
+  // Decode items (16 rows; a constexpr branch: CombineSplits holds a row tile in registers)
+  // merge their splits in the last block to finish: see AttentionMmaMergesSplits().
+  if constexpr (RW == 1) {
+    if (splits > 1 && a.split_counters != nullptr) {
+      // No separate combine kernel (at batch 1 that would be 40 launches a token).
+      __shared__ int is_last;
+      __threadfence();  // this block's partials are visible device-wide before it is counted
+      __syncthreads();
+      if (tid == 0) {
+        int* counter = a.split_counters + item * a.Hkv + kvh;
+        is_last = atomicAdd(counter, 1) == splits - 1;
+        if (is_last) *counter = 0;  // every other split has counted: ready for the next launch
+      }
+      __syncthreads();
+      if (!is_last) return;
+      __threadfence();
+      CombineSplits<T, DH, kRows>(a, it, G, kvh, splits, reinterpret_cast<float*>(smem));
     }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    CombineSplits<T, DH, kRows>(a, it, G, kvh, splits, reinterpret_cast<float*>(smem));
-  }
   }
 #endif  // GLM_ATTN_MMA_ARCH
 }
-
-int DeviceSmCount();
 
 template <typename T, int DH, int RW, int STAGES>
 cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
@@ -512,12 +511,6 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   if (attr_err != cudaSuccess) return attr_err;
   return LaunchKernel(AttentionMmaKernel<T, DH, RW, STAGES>, dim3(a.num_items, a.Hkv, a.splits),
                       dim3(kThreads), smem, stream, a, G);
-}
-
-// Whether the kernel merges the flash-decoding splits itself (decode items of <= 16 rows with
-// counters); otherwise LaunchAttentionMma runs the combine kernel after it.
-bool FusedCombine(const AttentionArgs& a, int G) {
-  return a.splits > 1 && a.split_counters != nullptr && a.tokens_per_item * G <= 16;
 }
 
 template <typename T, int DH>
@@ -544,46 +537,25 @@ cudaError_t LaunchDh(const AttentionArgs& a, int G, cudaStream_t stream) {
   }
 }
 
-// SMs of the current device, once per process (one device per process).
-int DeviceSmCount() {
-  static const int sms = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) return 0;
-    return v;
-  }();
-  return sms;
-}
-
-// Compute capability major of the current device, once per process (one device per process).
-int DeviceMajor() {
-  static const int major = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
-    if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-    return v;
-  }();
-  return major;
-}
-
 }  // namespace
 
 bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& a) {
   const int G = a.Hkv > 0 ? a.H / a.Hkv : 0;
   return types.act == types.weight && types.act != DType::kF32 && G > 0 &&
          a.tokens_per_item * G <= kMaxRows && (a.Dh == 32 || a.Dh == 64 || a.Dh == 128) &&
-         DeviceMajor() >= 8;
+         DeviceComputeMajor() >= 8;
 }
 
 cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
   if (!AttentionMmaSupports(types, a)) return cudaErrorInvalidValue;
   if (a.num_items == 0) return cudaSuccess;
   const int G = a.H / a.Hkv;
-  const cudaError_t err = types.act == DType::kBF16 ? LaunchDh<Bf16>(a, G, stream)
-                                                    : LaunchDh<__half>(a, G, stream);
-  if (err != cudaSuccess || a.splits == 1 || FusedCombine(a, G)) return err;
-  return LaunchAttentionCombine(types, a.partial_out, a.partial_ml, a.out, a.splits, a.T, a.H, a.Dh,
-                                stream);
+  return types.act == DType::kBF16 ? LaunchDh<Bf16>(a, G, stream) : LaunchDh<__half>(a, G, stream);
+}
+
+bool AttentionMmaMergesSplits(const AttentionArgs& a) {
+  const int G = a.Hkv > 0 ? a.H / a.Hkv : 0;
+  return a.splits > 1 && a.split_counters != nullptr && a.tokens_per_item * G <= 16;
 }
 
 }  // namespace cuda

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "services/core/logging.h"
 #include "services/core/status_macros.h"
 #include "worker/backend/cuda/cuda_backend.h"
@@ -134,6 +135,7 @@ constexpr int kMaxDecodeSplits = 32;
 // further per sequence for short contexts (AttentionArgs::min_tiles_per_split).
 constexpr int kDecodeBlocksPerSm = 2;
 constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
+constexpr int64_t kKvReserveBytes = 256LL << 20;  // graphs, cuBLAS internals, fragmentation
 
 // A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
 // benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
@@ -148,7 +150,6 @@ int MinTilesPerSplit() {
   static const int v = PositiveEnvOr("GLM_CUDA_MIN_TILES_PER_SPLIT", 4);
   return v;
 }
-constexpr int64_t kKvReserveBytes = 256LL << 20;  // graphs, cuBLAS internals, fragmentation
 
 KernelTypes TypesFor(Precision p) {
   switch (p) {
@@ -158,15 +159,6 @@ KernelTypes TypesFor(Precision p) {
     case Precision::kFp16Safe: return {DType::kF32, DType::kF16};
   }
   return {DType::kF32, DType::kF32};
-}
-
-cudaDataType_t CudaType(DType dt) {
-  switch (dt) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-  }
-  return CUDA_R_32F;
 }
 
 class CudaBackend : public Backend {
@@ -789,8 +781,8 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
   if (alpha_dev != nullptr) CUBLAS_RETURN_IF_ERROR(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_DEVICE));
   const cublasStatus_t st = cublasGemmEx(
       cublas_, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, alpha_dev ? static_cast<const void*>(alpha_dev) : &one,
-      w.get(), CudaType(types_.weight), K, input, CudaType(types_.weight), K,
-      alpha_dev ? static_cast<const void*>(scalars + 2) : &zero, y, CudaType(types_.act), N,
+      w.get(), CudaDataType(types_.weight), K, input, CudaDataType(types_.weight), K,
+      alpha_dev ? static_cast<const void*>(scalars + 2) : &zero, y, CudaDataType(types_.act), N,
       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (alpha_dev != nullptr) CUBLAS_RETURN_IF_ERROR(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
   CUBLAS_RETURN_IF_ERROR(st);
@@ -802,21 +794,10 @@ absl::Status CudaBackend::Phase(const char* name, const std::function<absl::Stat
   // phase costs inside the decode graphs, where per-phase events cannot be placed. Benchmarks
   // of the cost attribution only; logged loudly at load.
   static const std::vector<std::string> skip = [] {
-    std::vector<std::string> out;
     const char* env = std::getenv("GLM_CUDA_DEBUG_SKIP");
-    if (env == nullptr) return out;
-    std::string cur;
-    for (const char* c = env;; ++c) {
-      if (*c == ',' || *c == '\0') {
-        if (!cur.empty()) out.push_back(cur);
-        cur.clear();
-        if (*c == '\0') break;
-      } else {
-        cur += *c;
-      }
-    }
+    if (env == nullptr) return std::vector<std::string>();
     GLM_LOG(WARNING) << "GLM_CUDA_DEBUG_SKIP=" << env << ": those phases are skipped, results are wrong";
-    return out;
+    return std::vector<std::string>(absl::StrSplit(env, ',', absl::SkipEmpty()));
   }();
   if (!skip.empty() && std::find(skip.begin(), skip.end(), name) != skip.end()) return absl::OkStatus();
   if (!profiling_) return fn();

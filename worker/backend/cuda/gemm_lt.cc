@@ -31,15 +31,6 @@ constexpr int kMinSplitK = 256;            // K per split at least
 constexpr float kDropFactor = 1.5f;     // one timed run this much slower than the best: dropped
 constexpr float kKeepFirstWithin = 0.01f;  // heuristic-first wins ties within 1%
 
-cudaDataType_t LtType(DType dt) {
-  switch (dt) {
-    case DType::kF32: return CUDA_R_32F;
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kF16: return CUDA_R_16F;
-  }
-  return CUDA_R_32F;
-}
-
 // Largest power of two <= 256 dividing the address (cuBLASLt assumes 256 unless told).
 int AlignmentOf(const void* p) {
   const uintptr_t v = reinterpret_cast<uintptr_t>(p);
@@ -144,8 +135,8 @@ int LtGemmTuner::MClass(int M) {
 absl::Status LtGemmTuner::MakeDescriptors(const Key& key, Entry* e) const {
   const int M = std::get<0>(key), N = std::get<1>(key), K = std::get<2>(key);
   const bool alpha_dev = std::get<5>(key);
-  const cudaDataType_t act = LtType(static_cast<DType>(std::get<3>(key)));
-  const cudaDataType_t weight = LtType(static_cast<DType>(std::get<4>(key)));
+  const cudaDataType_t act = CudaDataType(static_cast<DType>(std::get<3>(key)));
+  const cudaDataType_t weight = CudaDataType(static_cast<DType>(std::get<4>(key)));
   CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
   CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));

@@ -39,6 +39,16 @@
 
 namespace glm {
 
+// The cuBLAS / cuBLASLt data type of a storage type (the backend's cublasGemmEx, the tuner, tests).
+inline cudaDataType_t CudaDataType(DType dt) {
+  switch (dt) {
+    case DType::kF32: return CUDA_R_32F;
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kF16: return CUDA_R_16F;
+  }
+  return CUDA_R_32F;
+}
+
 class LtGemmTuner {
  public:
   // The M range the tuner takes: above the GEMV's (M <= 4), up to decode buckets and small mixed

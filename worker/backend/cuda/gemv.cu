@@ -288,16 +288,8 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
 
 // SMs of the current device, queried once per process.
 int GemvSmCount() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-      (void)cudaGetLastError();
-      n = 132;
-    }
-    return n;
-  }();
-  return sms;
+  const int sms = DeviceSmCount();
+  return sms > 0 ? sms : 132;  // an H100's count when the query fails
 }
 
 // Split-K factor for `rows` streamed weight rows of nvec 16-byte vectors: the smallest S in
@@ -353,6 +345,24 @@ cudaError_t LaunchGemvTyped(const void* x, const void* w, void* y, int M, int N,
   }
 }
 
+// act == weight launches (the fused epilogues), with or without the norm prologue.
+template <GemvEpilogue E>
+cudaError_t LaunchGemvSameTypes(DType type, const void* x, const void* w, void* y, int M, int N,
+                                int K, const float* alpha, const GemvQkvArgs& qa,
+                                const GemvNormIn* norm, cudaStream_t stream) {
+  const auto launch = [&](auto element) -> cudaError_t {
+    using T = decltype(element);
+    if (norm != nullptr) return LaunchGemvTyped<T, T, E, true>(x, w, y, M, N, K, alpha, qa, stream, *norm);
+    return LaunchGemvTyped<T, T, E>(x, w, y, M, N, K, alpha, qa, stream);
+  };
+  switch (type) {
+    case DType::kF32: return launch(float{});
+    case DType::kBF16: return launch(Bf16{});
+    case DType::kF16: return launch(__half{});
+  }
+  return cudaErrorInvalidValue;
+}
+
 }  // namespace
 
 bool GemvSupports(DType weight, int M, int K) {
@@ -387,16 +397,9 @@ cudaError_t LaunchGemvSiluMul(KernelTypes types, const void* x, const void* w_ga
   if (!GemvSupports(types.weight, M, K)) return cudaErrorInvalidValue;
   if (norm != nullptr && !GemvNormSupports(types, M, K)) return cudaErrorInvalidValue;
   if (F == 0) return cudaSuccess;
-  if (norm != nullptr) {
-    switch (types.weight) {
-      case DType::kF32:
-        return LaunchGemvTyped<float, float, GemvEpilogue::kSiluMul, true>(x, w_gate_up, y, M, F, K, alpha, GemvQkvArgs{}, stream, *norm);
-      case DType::kBF16:
-        return LaunchGemvTyped<Bf16, Bf16, GemvEpilogue::kSiluMul, true>(x, w_gate_up, y, M, F, K, alpha, GemvQkvArgs{}, stream, *norm);
-      case DType::kF16:
-        return LaunchGemvTyped<__half, __half, GemvEpilogue::kSiluMul, true>(x, w_gate_up, y, M, F, K, alpha, GemvQkvArgs{}, stream, *norm);
-    }
-    return cudaErrorInvalidValue;
+  if (norm != nullptr) {  // GemvNormSupports: act == weight
+    return LaunchGemvSameTypes<GemvEpilogue::kSiluMul>(types.weight, x, w_gate_up, y, M, F, K, alpha,
+                                                       GemvQkvArgs{}, norm, stream);
   }
   return GLM_DISPATCH_TYPES(types, {
     return LaunchGemvTyped<Weight, Act, GemvEpilogue::kSiluMul>(x, w_gate_up, y, M, F, K, alpha,
@@ -428,28 +431,8 @@ cudaError_t LaunchGemvQkvRotary(KernelTypes types, const void* x, const void* w_
   qa.Dh = Dh;
   qa.rot_dim = rot_dim;
   // act == weight only (the fp16-safe mode's scaled fp16 input stays on the unfused path).
-  if (types.weight == DType::kF32) {
-    if (norm != nullptr) {
-      return LaunchGemvTyped<float, float, GemvEpilogue::kQkvRotary, true>(x, w_qkv, qkv, M, pairs, K, alpha, qa, stream, *norm);
-    }
-    return LaunchGemvTyped<float, float, GemvEpilogue::kQkvRotary>(x, w_qkv, qkv, M, pairs, K,
-                                                                   alpha, qa, stream);
-  }
-  if (types.weight == DType::kBF16) {
-    if (norm != nullptr) {
-      return LaunchGemvTyped<Bf16, Bf16, GemvEpilogue::kQkvRotary, true>(x, w_qkv, qkv, M, pairs, K, alpha, qa, stream, *norm);
-    }
-    return LaunchGemvTyped<Bf16, Bf16, GemvEpilogue::kQkvRotary>(x, w_qkv, qkv, M, pairs, K,
-                                                                 alpha, qa, stream);
-  }
-  if (types.weight == DType::kF16) {
-    if (norm != nullptr) {
-      return LaunchGemvTyped<__half, __half, GemvEpilogue::kQkvRotary, true>(x, w_qkv, qkv, M, pairs, K, alpha, qa, stream, *norm);
-    }
-    return LaunchGemvTyped<__half, __half, GemvEpilogue::kQkvRotary>(x, w_qkv, qkv, M, pairs, K,
-                                                                     alpha, qa, stream);
-  }
-  return cudaErrorInvalidValue;
+  return LaunchGemvSameTypes<GemvEpilogue::kQkvRotary>(types.weight, x, w_qkv, qkv, M, pairs, K,
+                                                       alpha, qa, norm, stream);
 }
 
 }  // namespace cuda

@@ -103,6 +103,9 @@ cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& args, c
 // LaunchPagedAttention picks it by itself where it applies.
 bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
 cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
+// Whether LaunchAttentionMma merges the flash-decoding splits inside the kernel (decode items of
+// <= 16 rows, given split_counters); otherwise the partials need LaunchAttentionCombine.
+bool AttentionMmaMergesSplits(const AttentionArgs& args);
 // The CUDA-core kernel only (tests compare the two).
 cudaError_t LaunchPagedAttentionSimt(KernelTypes types, const AttentionArgs& args,
                                      cudaStream_t stream);

@@ -27,6 +27,11 @@ namespace cuda {
 void SetProgrammaticLaunch(bool enabled);
 bool ProgrammaticLaunchEnabled();
 
+// The current device's SM count and compute capability major, queried once per process (one
+// device per process); 0 when the query fails (the CUDA error is cleared).
+int DeviceSmCount();
+int DeviceComputeMajor();
+
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

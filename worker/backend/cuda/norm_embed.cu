@@ -43,9 +43,6 @@ __global__ void EmbeddingShardKernel(const int32_t* __restrict__ ids,
   for (int d = threadIdx.x; d < D; d += blockDim.x) dst[d] = FromFloat<Act>(ToFloat(row[d]));
 }
 
-template <typename T>
-using ActVec = TVec<T>;
-
 // One block per output row; the row (D <= 8192 fp32) is staged in shared memory.
 template <typename Act, typename Weight>
 __global__ void __launch_bounds__(kRowThreads)
@@ -112,7 +109,7 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 template <typename Act>
 __global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F,
                                  int64_t nvec) {
-  constexpr int kV = ActVec<Act>::kN;
+  constexpr int kV = TVec<Act>::kN;
   GridDependencyWait();
   LaunchDependents();
   const int fv = F / kV;
@@ -121,14 +118,14 @@ __global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restric
     const int64_t t = v / fv;
     const int j = static_cast<int>(v % fv) * kV;
     float g[kV], u[kV], y[kV];
-    ActVec<Act>::Load(gate_up + t * 2 * F + j, g);
-    ActVec<Act>::Load(gate_up + t * 2 * F + F + j, u);
+    TVec<Act>::Load(gate_up + t * 2 * F + j, g);
+    TVec<Act>::Load(gate_up + t * 2 * F + F + j, u);
 #pragma unroll
     for (int e = 0; e < kV; ++e) {
       const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
       y[e] = silu * u[e];
     }
-    ActVec<Act>::Store(out + t * F + j, y);
+    TVec<Act>::Store(out + t * F + j, y);
   }
 }
 
@@ -221,7 +218,7 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
   if (D > 12288) return cudaErrorInvalidValue;  // row staged in 48 KB of shared memory
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
   return GLM_DISPATCH_TYPES(types, {
-    if (D % ActVec<Act>::kN == 0) {
+    if (D % TVec<Act>::kN == 0) {
       return LaunchKernel(AddRmsNormVecKernel<Act, Weight>, rows, kRowThreads, 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
@@ -239,7 +236,7 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   const int64_t n = static_cast<int64_t>(T) * F;
   if (n == 0) return cudaSuccess;
   return GLM_DISPATCH_TYPES(types, {
-    constexpr int kV = ActVec<Act>::kN;
+    constexpr int kV = TVec<Act>::kN;
     if (F % kV == 0) {
       return LaunchKernel(SiluMulVecKernel<Act>, GridFor(n / kV, 256), 256, 0, stream,
                           static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n / kV);
