@@ -711,6 +711,129 @@ TEST_P(KernelTest, ArgmaxPicksFirstMaximumAndFlagsNonFiniteRows) {
   cudaFree(d_fin);
 }
 
+// Sets the GEMV implementation for a scope.
+class ScopedGemvConfig {
+ public:
+  explicit ScopedGemvConfig(const cuda::GemvStreamConfig& c) : saved_(cuda::GetGemvStreamConfig()) {
+    cuda::SetGemvStreamConfig(c);
+  }
+  ~ScopedGemvConfig() { cuda::SetGemvStreamConfig(saved_); }
+
+ private:
+  cuda::GemvStreamConfig saved_;
+};
+
+// The streamed GEMV (sm80+) against the register-pipelined kernel it replaces there (and that
+// sm70/75 run): every launcher, with and without the norm prologue, over K-splits 1, 2 and 4,
+// 1-4 rows, x staged in shared memory or read from global memory, ring depths 4 to 32 and one
+// or two blocks per SM: the same bits. Outputs start poisoned, so an unwritten value fails too.
+TEST_P(KernelTest, GemvStreamMatchesRegisterKernelBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  int dev = 0, major = 0, sms = 0;
+  ASSERT_CUDA(cudaGetDevice(&dev));
+  ASSERT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  if (major < 8) GTEST_SKIP() << "the streamed GEMV needs sm80+ (cp.async); this GPU is sm" << major << "x";
+  const bool same = tc.types.act == tc.types.weight;
+  struct Shape { int N, K; };
+  // K = 13696 M >= 2 exceeds the 48 KB x staging (read from global); split 4, 2, 1.
+  const Shape shapes[] = {{300, 13696}, {32 * sms + 24, 4096}, {48 * sms + 8, 1000}, {20, 200}};
+  const int H = 4, Hkv = 2, Dh = 64, rot = 32, bs = 16, blocks = 8;
+  const int QKV = (H + 2 * Hkv) * Dh;
+  const int64_t cache_elems = int64_t{blocks} * bs * Hkv * Dh;
+  const std::vector<int32_t> pos = {3, 1000, 0, 77};
+  const std::vector<int32_t> slots = {5 * bs + 3, -1, 2 * bs + 0, 7 * bs + 15};
+  void *d_pos = nullptr, *d_slots = nullptr, *d_inv = nullptr;
+  testing::UploadInts(&d_pos, pos);
+  testing::UploadInts(&d_slots, slots);
+  std::vector<float> inv(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+  cudaMalloc(&d_inv, inv.size() * 4);
+  cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+  float alpha = 0.75f;
+  float* d_alpha = nullptr;
+  cudaMalloc(&d_alpha, 4);
+  cudaMemcpy(d_alpha, &alpha, 4, cudaMemcpyHostToDevice);
+
+  for (const Shape& sh : shapes) {
+    const int N = sh.N, K = sh.K;
+    Rng rng(90 + N + K);
+    TypedBuffer w(tc.types.weight, int64_t{N} * K), wq(tc.types.weight, int64_t{QKV} * K),
+        nw(tc.types.weight, K), res(tc.types.act, 4 * K), delta(tc.types.act, 4 * K);
+    w.Upload(rng.Vector(int64_t{N} * K, -0.1, 0.1));
+    wq.Upload(rng.Vector(int64_t{QKV} * K, -0.1, 0.1));
+    nw.Upload(rng.Vector(K, 0.5, 1.5));
+    res.Upload(rng.Vector(4 * K, -3, 3));
+    delta.Upload(rng.Vector(4 * K, -1, 1));
+    const auto cache_init = rng.Vector(cache_elems, -2, 2);
+    for (int M = 1; M <= 4; ++M) {
+      TypedBuffer x(tc.types.weight, M * K);
+      x.Upload(rng.Vector(M * K, -1, 1));
+      const bool norm_ok = cuda::GemvNormSupports(tc.types, M, K);
+      // Every output of every launcher under `config`, downloaded.
+      auto run = [&](const cuda::GemvStreamConfig& config) {
+        ScopedGemvConfig scoped(config);
+        std::vector<std::vector<float>> outs;
+        TypedBuffer y(tc.types.act, int64_t{M} * N), ys(tc.types.act, int64_t{M} * (N / 2)),
+            yn(tc.types.act, int64_t{M} * (N / 2)), res_out(tc.types.act, M * K),
+            q(tc.types.act, M * QKV), kc(tc.types.weight, cache_elems), vc(tc.types.weight, cache_elems);
+        y.Poison();
+        ys.Poison();
+        yn.Poison();
+        res_out.Poison();
+        q.Poison();
+        kc.Upload(cache_init);
+        vc.Upload(cache_init);
+        EXPECT_EQ(cuda::LaunchGemv(tc.types, x.get(), w.get(), y.get(), M, N, K, d_alpha, nullptr), cudaSuccess);
+        EXPECT_EQ(cuda::LaunchGemvSiluMul(tc.types, x.get(), w.get(), ys.get(), M, N / 2, K, nullptr, nullptr), cudaSuccess);
+        cuda::GemvNormIn n;
+        n.residual_in = res.get();
+        n.delta = delta.get();
+        n.weight = nw.get();
+        n.residual_out = res_out.get();
+        if (norm_ok) {
+          EXPECT_EQ(cuda::LaunchGemvSiluMul(tc.types, nullptr, w.get(), yn.get(), M, N / 2, K, d_alpha, nullptr, &n), cudaSuccess);
+        }
+        if (same) {
+          EXPECT_EQ(cuda::LaunchGemvQkvRotary(tc.types, norm_ok ? nullptr : x.get(), wq.get(), q.get(), M, K,
+                                              nullptr, nullptr, kc.get(), vc.get(), static_cast<int32_t*>(d_pos),
+                                              static_cast<int32_t*>(d_slots), static_cast<float*>(d_inv), H, Hkv,
+                                              Dh, rot, nullptr, norm_ok ? &n : nullptr),
+                    cudaSuccess);
+        }
+        for (const TypedBuffer* b : {&y, &ys, &yn, &res_out, &q, &kc, &vc}) outs.push_back(b->Download());
+        return outs;
+      };
+      cuda::GemvStreamConfig legacy;
+      legacy.enabled = false;
+      const auto want = run(legacy);
+      for (const auto& [ring, per_sm] : {std::pair{64, 1}, std::pair{256, 1}, std::pair{512, 2}}) {
+        cuda::GemvStreamConfig c;
+        c.ring_bytes = ring;
+        c.blocks_per_sm = per_sm;
+        const auto got = run(c);
+        const char* names[] = {"gemv", "gemv_silu", "gemv_silu+norm", "residual_out", "qkv_rotary q", "k_cache", "v_cache"};
+        for (size_t o = 0; o < got.size(); ++o) {
+          const std::string what = std::string(names[o]) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+                                   " M=" + std::to_string(M) + " split=" +
+                                   std::to_string(cuda::GemvSplitK(tc.types.weight, N, K)) +
+                                   " ring=" + std::to_string(ring) + " blocks/SM=" + std::to_string(per_sm);
+          ASSERT_EQ(got[o].size(), want[o].size()) << what;
+          EXPECT_EQ(std::memcmp(got[o].data(), want[o].data(), got[o].size() * sizeof(float)), 0) << what;
+          if (o == 0) {
+            EXPECT_TRUE(std::all_of(want[o].begin(), want[o].end(), [](float v) { return std::isfinite(v); })) << what;
+          }
+        }
+      }
+    }
+  }
+  cudaFree(d_pos);
+  cudaFree(d_slots);
+  cudaFree(d_inv);
+  cudaFree(d_alpha);
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, KernelTest, ::testing::ValuesIn(kTypeCases),
                          [](const auto& info) { return std::string(info.param.name); });
 

@@ -3,7 +3,7 @@
 # run the GPU tests, then glm-bench. Everything is logged under $OUT (the `run` tool's folder).
 #   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe] [hf]
 #     [ab-VAR[=VALUE]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0: an A/B of a
-#     GLM_CUDA_* switch)
+#     GLM_CUDA_* switch) [ab1-VAR[=VALUE]] (the same, bs1 decode and TTFT only)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -56,6 +56,14 @@ for what in "$@"; do
       echo "== A/B run with $setting"
       env "$setting" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --json "$OUT/bench_ab_${setting%%=*}.json" 2>&1 | tee "$OUT/bench_ab_${setting%%=*}.log" | grep -v "^I " ;;
+    ab1-*)
+      # bs1 decode and TTFT only (no throughput run) with env VAR=VALUE.
+      setting=${what#ab1-}
+      [[ $setting == *=* ]] || setting="$setting=0"
+      echo "== A/B bs1 run with $setting"
+      env "$setting" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --skip-throughput --json "$OUT/bench_ab1_${setting%%=*}_${setting#*=}.json" 2>&1 |
+        tee "$OUT/bench_ab1_${setting%%=*}_${setting#*=}.log" | grep -v "^I " ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
