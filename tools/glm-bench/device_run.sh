@@ -62,7 +62,7 @@ for what in "$@"; do
       [[ $setting == *=* ]] || setting="$setting=0"
       echo "== A/B bs1 run with $setting"
       env "$setting" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --skip-throughput --json "$OUT/bench_ab1_${setting%%=*}_${setting#*=}.json" 2>&1 |
+        --precision bf16 --skip-throughput 2>&1 |
         tee "$OUT/bench_ab1_${setting%%=*}_${setting#*=}.log" | grep -v "^I " ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \

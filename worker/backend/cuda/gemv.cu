@@ -534,8 +534,14 @@ cudaError_t LaunchGemvStream(int S, const W* x, const W* w, Out* y, int N, int K
                              cudaStream_t stream) {
   constexpr int R = GemvRowsPerWarp<E>();
   const auto kernel = GemvStreamKernel<W, Out, M, E, kNorm>;
-  static const cudaError_t prepared = PrepareSharedMemoryKernel(kernel, DeviceSharedMemoryOptin());
-  if (prepared != cudaSuccess) return prepared;
+  // Dynamic shared memory may use what the block's static shared memory leaves of the opt-in.
+  static const int max_dynamic = [&] {
+    cudaFuncAttributes fa{};
+    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess) return -1;
+    const int bytes = DeviceSharedMemoryOptin() - static_cast<int>(fa.sharedSizeBytes);
+    return PrepareSharedMemoryKernel(kernel, bytes) == cudaSuccess ? bytes : -1;
+  }();
+  if (max_dynamic < 0) return cudaErrorInvalidValue;
   const int per_sm = std::max(1, g_stream_blocks_per_sm.load(std::memory_order_relaxed));
   const int grid = std::max(1, std::min(N, GemvSmCount() * per_sm));
   const int cols_max = (N + grid - 1) / grid;
@@ -546,7 +552,7 @@ cudaError_t LaunchGemvStream(int S, const W* x, const W* w, Out* y, int N, int K
   sh.stage_x = kNorm || x_bytes <= kStreamStageXBytes;
   const size_t fixed = size_t{4} * sh.part_floats + (sh.stage_x ? x_bytes : 0);
   const auto ring_bytes = [](int d) { return size_t{R} * d * kStreamThreads * 16; };
-  const size_t limit = static_cast<size_t>(DeviceSharedMemoryOptin());
+  const size_t limit = static_cast<size_t>(max_dynamic);
   // The deepest supported ring within ring_bytes per lane (and the shared-memory limit).
   const int want = g_stream_ring_bytes.load(std::memory_order_relaxed) / (16 * R);
   sh.D = 0;
