@@ -61,9 +61,10 @@ for what in "$@"; do
       setting=${what#ab1-}
       [[ $setting == *=* ]] || setting="$setting=0"
       echo "== A/B bs1 run with $setting"
-      env "$setting" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --skip-throughput 2>&1 |
-        tee "$OUT/bench_ab1_${setting%%=*}_${setting#*=}.log" | grep -v "^I " ;;
+      IFS=',' read -ra settings <<<"$setting"  # VAR=V[,VAR2=V2...]
+      env "${settings[@]}" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --skip-throughput --profile 2>&1 |
+        tee "$OUT/bench_ab1_$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _).log" | grep -v "^I " ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;

@@ -404,6 +404,8 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
     gemv.enabled = !(stream_env != nullptr && std::strcmp(stream_env, "0") == 0);
     gemv.ring_bytes = PositiveEnvOr("GLM_CUDA_GEMV_RING_BYTES", gemv.ring_bytes);
     gemv.blocks_per_sm = PositiveEnvOr("GLM_CUDA_GEMV_BLOCKS_PER_SM", gemv.blocks_per_sm);
+    const char* early_env = std::getenv("GLM_CUDA_GEMV_EARLY_DEPENDENTS");
+    gemv.early_dependents = !(early_env != nullptr && std::strcmp(early_env, "0") == 0);
     cuda::SetGemvStreamConfig(gemv);
     GLM_LOG(INFO) << "cuda backend: decode GEMV "
                   << (gemv.enabled && gpu.compute_major >= 8

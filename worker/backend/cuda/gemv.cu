@@ -329,6 +329,7 @@ struct GemvStreamShape {
   int D = 4;            // ring slots per lane and weight row (GemvRingDepths)
   int part_floats = 0;  // shared-memory partials (S > 1): [columns of a block * S][R][M]
   int stage_x = 0;      // x copied into shared memory after the wait (always with kNorm)
+  int early_dependents = 1;  // LaunchDependents() before the wait (else after it)
 };
 
 // The supported ring depths (cp.async.wait_group takes an immediate).
@@ -378,7 +379,7 @@ __global__ void __launch_bounds__(kStreamThreads)
 GemvStreamKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N,
                  int K, const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na,
                  GemvStreamShape sh) {
-  LaunchDependents();
+  if (sh.early_dependents) LaunchDependents();
 #if !defined(GLM_CP_ASYNC_ARCH)
   __trap();
 #else
@@ -412,6 +413,7 @@ GemvStreamKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restri
   };
   for (int slot = 0; slot < D - 1; ++slot) produce(slot);
   GridDependencyWait();
+  if (!sh.early_dependents) LaunchDependents();
 
   const int4* xrows = reinterpret_cast<const int4*>(x);
   if constexpr (kNorm) {
@@ -520,6 +522,7 @@ cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
 std::atomic<bool> g_stream_enabled{true};
 std::atomic<int> g_stream_ring_bytes{256};
 std::atomic<int> g_stream_blocks_per_sm{1};
+std::atomic<bool> g_stream_early_dependents{true};
 
 // Whether the decode GEMVs use the streamed kernel on this device.
 bool GemvStreams() { return g_stream_enabled.load(std::memory_order_relaxed) && DeviceComputeMajor() >= 8; }
@@ -547,6 +550,7 @@ cudaError_t LaunchGemvStream(int S, const W* x, const W* w, Out* y, int N, int K
   const int cols_max = (N + grid - 1) / grid;
   GemvStreamShape sh;
   sh.S = S;
+  sh.early_dependents = g_stream_early_dependents.load(std::memory_order_relaxed) ? 1 : 0;
   sh.part_floats = S > 1 ? (cols_max * S * R * M + 3) / 4 * 4 : 0;
   const size_t x_bytes = size_t{M} * K * sizeof(W);
   sh.stage_x = kNorm || x_bytes <= kStreamStageXBytes;
@@ -615,6 +619,7 @@ void SetGemvStreamConfig(const GemvStreamConfig& config) {
   g_stream_enabled.store(config.enabled);
   g_stream_ring_bytes.store(config.ring_bytes);
   g_stream_blocks_per_sm.store(config.blocks_per_sm);
+  g_stream_early_dependents.store(config.early_dependents);
 }
 
 GemvStreamConfig GetGemvStreamConfig() {
@@ -622,6 +627,7 @@ GemvStreamConfig GetGemvStreamConfig() {
   c.enabled = g_stream_enabled.load();
   c.ring_bytes = g_stream_ring_bytes.load();
   c.blocks_per_sm = g_stream_blocks_per_sm.load();
+  c.early_dependents = g_stream_early_dependents.load();
   return c;
 }
 

@@ -132,6 +132,7 @@ struct GemvStreamConfig {
   bool enabled = true;
   int ring_bytes = 256;  // per lane: 64 KB a block
   int blocks_per_sm = 1;
+  bool early_dependents = true;  // let the next kernel launch before the PDL wait
 };
 void SetGemvStreamConfig(const GemvStreamConfig& config);
 GemvStreamConfig GetGemvStreamConfig();
