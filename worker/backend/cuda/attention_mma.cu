@@ -27,7 +27,6 @@
 #include <cuda_fp16.h>
 
 #include "worker/backend/cuda/attention_item.cuh"
-#include "worker/backend/cuda/cp_async.cuh"
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -41,7 +40,7 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kTile = 64;  // keys per shared-memory tile
 constexpr int kMaxRows = 16 * kWarps;
 
-#if defined(GLM_CP_ASYNC_ARCH)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 #define GLM_ATTN_MMA_ARCH 1
 #endif
 
@@ -81,6 +80,9 @@ __device__ __forceinline__ void Mma16816<__half>(float (&d)[4], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
 // Four 8x8 16-bit matrices; lanes 8i..8i+7 give the row addresses of matrix i. Thread t gets
 // (row t/4, cols 2(t%4), 2(t%4)+1) of each matrix, or with .trans (rows 2(t%4), 2(t%4)+1, col t/4).
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* p) {
@@ -92,6 +94,17 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(SmemAddr(p)));
+}
+// 16-byte global -> shared copy; valid == false writes zeros (src is not read).
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif  // GLM_ATTN_MMA_ARCH
 
@@ -492,8 +505,9 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
 template <typename T, int DH, int RW, int STAGES>
 cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   constexpr size_t smem = MmaSmem<DH, STAGES>::kBytes;
-  static const cudaError_t attr_err =
-      PrepareSharedMemoryKernel(AttentionMmaKernel<T, DH, RW, STAGES>, static_cast<int>(smem));
+  static const cudaError_t attr_err = cudaFuncSetAttribute(
+      AttentionMmaKernel<T, DH, RW, STAGES>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
   return LaunchKernel(AttentionMmaKernel<T, DH, RW, STAGES>, dim3(a.num_items, a.Hkv, a.splits),
                       dim3(kThreads), smem, stream, a, G);

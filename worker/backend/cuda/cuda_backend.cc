@@ -397,22 +397,6 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
     cuda::SetProgrammaticLaunch(pdl);
     GLM_LOG(INFO) << "cuda backend: programmatic dependent launch "
                   << (pdl ? "on" : (gpu.compute_major >= 9 ? "off (GLM_CUDA_PDL=0)" : "off (needs sm90+)"));
-    // Decode GEMVs: the streamed kernel on sm80+ (GLM_CUDA_GEMV_STREAM=0: the register kernel);
-    // ring and grid size are benchmark switches.
-    const char* stream_env = std::getenv("GLM_CUDA_GEMV_STREAM");
-    cuda::GemvStreamConfig gemv;
-    gemv.enabled = !(stream_env != nullptr && std::strcmp(stream_env, "0") == 0);
-    gemv.ring_bytes = PositiveEnvOr("GLM_CUDA_GEMV_RING_BYTES", gemv.ring_bytes);
-    gemv.blocks_per_sm = PositiveEnvOr("GLM_CUDA_GEMV_BLOCKS_PER_SM", gemv.blocks_per_sm);
-    const char* early_env = std::getenv("GLM_CUDA_GEMV_EARLY_DEPENDENTS");
-    gemv.early_dependents = !(early_env != nullptr && std::strcmp(early_env, "0") == 0);
-    cuda::SetGemvStreamConfig(gemv);
-    GLM_LOG(INFO) << "cuda backend: decode GEMV "
-                  << (gemv.enabled && gpu.compute_major >= 8
-                          ? absl::StrFormat("streamed (%d-byte ring a lane, %d block(s) per SM)",
-                                            gemv.ring_bytes, gemv.blocks_per_sm)
-                          : std::string(gemv.enabled ? "register-pipelined (needs sm80+ to stream)"
-                                                     : "register-pipelined (GLM_CUDA_GEMV_STREAM=0)"));
   }
   if (options.precision == Precision::kBf16 && !gpu.supports_bf16()) {
     return absl::FailedPreconditionError(absl::StrFormat(

@@ -22,10 +22,8 @@
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).
-#include <algorithm>
-#include <atomic>
+#include <cstdlib>
 
-#include "worker/backend/cuda/cp_async.cuh"
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -158,62 +156,6 @@ __device__ __forceinline__ void GemvQkvRotaryPair(const GemvQkvArgs& qa, Out* __
   }
 }
 
-// kNorm prologue: xs[M, K] = the residual add + RMSNorm of na (AddRmsNormRow, the standalone
-// norm kernel's arithmetic), block 0 also storing the new residual. After the PDL wait; ends with
-// a block barrier.
-template <typename W, int M, int kThreads>
-__device__ __forceinline__ void GemvNormPrologue(const GemvNormIn& na, W* xs, int K) {
-  __shared__ float scratch[32];
-  const W* res_in = static_cast<const W*>(na.residual_in);
-  const W* del = static_cast<const W*>(na.delta);
-  W* res_out = blockIdx.x == 0 ? static_cast<W*>(na.residual_out) : nullptr;
-#pragma unroll
-  for (int m = 0; m < M; ++m) {
-    const int64_t off = static_cast<int64_t>(m) * K;
-    AddRmsNormRow<W, W, kThreads>(res_in + off, del ? del + off : nullptr,
-                                  static_cast<const W*>(na.post_weight),
-                                  static_cast<const W*>(na.weight),
-                                  res_out ? res_out + off : nullptr, xs + off, K, na.eps, scratch);
-  }
-  __syncthreads();
-}
-
-// The column's epilogue; sum[r][m] (the column's sums, in every lane of the warp) * a.
-template <typename W, typename Out, int M, GemvEpilogue E, int R = GemvRowsPerWarp<E>()>
-__device__ __forceinline__ void GemvFinishColumn(const GemvQkvArgs& qa, Out* __restrict__ y,
-                                                 int N, int n, int lane, const float (&sum)[R][M],
-                                                 float a) {
-  if constexpr (E == GemvEpilogue::kQkvRotary) {
-    // Lane m serves token row m.
-    float s0 = 0.f, s1 = 0.f;
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      if (lane == m) {
-        s0 = sum[0][m];
-        s1 = sum[1][m];
-      }
-    }
-    if (lane < M) GemvQkvRotaryPair<W, Out>(qa, y, N, n, lane, s0, s1, a);
-  } else {
-#pragma unroll
-    for (int m = 0; m < M; ++m) {
-      Out* dst = y + static_cast<int64_t>(m) * N + n;
-      if constexpr (E == GemvEpilogue::kStore) {
-        if (lane == 0) *dst = FromFloat<Out>(sum[0][m] * a);
-      } else {
-        if (lane == 0) {
-          // The unfused path: gate_up stored in Out, then SiluMulKernel. __fmul_rn keeps the
-          // products from being contracted into expf's arithmetic (fp32 Out: no rounding between).
-          const float g = RoundTo<Out>(__fmul_rn(sum[0][m], a));
-          const float u = RoundTo<Out>(__fmul_rn(sum[1][m], a));
-          const float silu = RoundTo<Out>(g / (1.f + expf(-g)));
-          *dst = FromFloat<Out>(silu * u);
-        }
-      }
-    }
-  }
-}
-
 // PDL: the weights never depend on earlier kernels, so the first round of weight loads (of
 // every K-slice) is issued before GridDependencyWait(); x, alpha and the epilogue's inputs
 // (written by the predecessors) are read after it.
@@ -253,8 +195,20 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
   if constexpr (kNorm) {
     static_assert(sizeof(Out) == sizeof(W), "the norm prologue needs act == weight");
     extern __shared__ __align__(16) unsigned char gemv_smem[];
+    __shared__ float scratch[32];
     W* xs = reinterpret_cast<W*>(gemv_smem);  // [M, K]
-    GemvNormPrologue<W, M, kGemvWarps * 32>(na, xs, K);
+    const W* res_in = static_cast<const W*>(na.residual_in);
+    const W* del = static_cast<const W*>(na.delta);
+    W* res_out = blockIdx.x == 0 ? static_cast<W*>(na.residual_out) : nullptr;
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      const int64_t off = static_cast<int64_t>(m) * K;
+      AddRmsNormRow<W, W, kGemvWarps * 32>(
+          res_in + off, del ? del + off : nullptr, static_cast<const W*>(na.post_weight),
+          static_cast<const W*>(na.weight), res_out ? res_out + off : nullptr, xs + off, K, na.eps,
+          scratch);
+    }
+    __syncthreads();
     xrows = reinterpret_cast<const int4*>(xs);
   }
   // With S > 1 every warp reaches the __syncthreads() below.
@@ -302,181 +256,36 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
 #pragma unroll
         for (int m = 0; m < M; ++m) sum[r][m] += partial[s][col][r][m];
   }
-  GemvFinishColumn<W, Out, M, E>(qa, y, N, n, lane, sum, alpha ? *alpha : 1.f);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Streamed GEMV (sm80+, the default there; GemvStreamConfig).
-//
-// A persistent grid (blocks_per_sm blocks of 8 warps per SM): block b owns the output columns
-// [b N / grid, (b + 1) N / grid), cut into units (column, K-slice) with the legacy kernel's split
-// (GemvSplitFor); warp w takes units w, w + 8, ... A lane streams the same weight vectors, in the
-// same order, as a legacy lane, through a ring of D 16-byte shared-memory slots per weight row
-// filled by cp.async, D - 1 in flight. A lane only ever reads the slots it filled itself, so the
-// ring needs no barrier and its depth is bought with shared memory instead of registers.
-// PDL: the kernel lets its dependents launch at once and every lane fills its ring before
-// GridDependencyWait(). One block per SM takes ~1/3 of the SM's shared memory, so the next
-// kernels' blocks become resident while this one streams and have their first D - 1 vectors per
-// lane in flight by the time it ends: the weight stream does not drain at kernel boundaries, nor
-// during the short decode attention between the QKV and o_proj GEMVs.
-// Sums are the legacy kernel's bit for bit: the same per-lane order, WarpSum, and slices added in
-// order (through shared memory when S > 1).
-constexpr int kStreamThreads = 256;
-constexpr int kStreamWarps = kStreamThreads / 32;
-
-struct GemvStreamShape {
-  int S = 1;            // K-slices per column
-  int D = 4;            // ring slots per lane and weight row (GemvRingDepths)
-  int part_floats = 0;  // shared-memory partials (S > 1): [columns of a block * S][R][M]
-  int stage_x = 0;      // x copied into shared memory after the wait (always with kNorm)
-  int early_dependents = 1;  // LaunchDependents() before the wait (else after it)
-};
-
-// The supported ring depths (cp.async.wait_group takes an immediate).
-constexpr int kRingDepths[] = {4, 8, 12, 16, 24, 32};
-
-__device__ __forceinline__ void CpAsyncWaitRing(int D) {
-#if defined(GLM_CP_ASYNC_ARCH)
-  switch (D) {  // D - 2 groups may stay pending: the oldest of D - 1 has landed
-    case 4: CpAsyncWait<2>(); break;
-    case 8: CpAsyncWait<6>(); break;
-    case 12: CpAsyncWait<10>(); break;
-    case 16: CpAsyncWait<14>(); break;
-    case 24: CpAsyncWait<22>(); break;
-    default: CpAsyncWait<30>(); break;
-  }
-#endif
-}
-
-// A lane's position in its warp's units: unit u = (column - c0) * S + slice, vectors
-// i, i + 32, ... < end of the slice (the legacy kernel's slice bounds).
-template <typename W, GemvEpilogue E>
-struct GemvStreamCursor {
-  static constexpr int R = GemvRowsPerWarp<E>();
-  int u = 0, i = 0, end = 0;
-  const int4* rows[R];
-
-  __device__ __forceinline__ void Set(const W* w, int N, int K, int nvec, int S, int c0, int lane) {
-    const int n = c0 + u / S, slice = u % S;
-    i = static_cast<int>(static_cast<int64_t>(slice) * nvec / S) + lane;
-    end = static_cast<int>(static_cast<int64_t>(slice + 1) * nvec / S);
-#pragma unroll
-    for (int r = 0; r < R; ++r)
-      rows[r] = reinterpret_cast<const int4*>(w + GemvWeightRow<E>(r, n, N) * K);
-  }
-  // Skips units without a vector for this lane; u >= units when the warp's units are done.
-  __device__ __forceinline__ void Seek(int units, const W* w, int N, int K, int nvec, int S,
-                                       int c0, int lane) {
-    while (u < units && i >= end) {
-      u += kStreamWarps;
-      if (u < units) Set(w, N, K, nvec, S, c0, lane);
-    }
-  }
-};
-
-template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
-__global__ void __launch_bounds__(kStreamThreads)
-GemvStreamKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N,
-                 int K, const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na,
-                 GemvStreamShape sh) {
-  if (sh.early_dependents) LaunchDependents();
-#if !defined(GLM_CP_ASYNC_ARCH)
-  __trap();
-#else
-  constexpr int kVec = Vec16<W>::kN;
-  constexpr int R = GemvRowsPerWarp<E>();
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-  const int nvec = K / kVec;
-  const int S = sh.S, D = sh.D;
-  const int c0 = static_cast<int>(static_cast<int64_t>(blockIdx.x) * N / gridDim.x);
-  const int c1 = static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * N / gridDim.x);
-  const int units = (c1 - c0) * S;
-  extern __shared__ __align__(16) unsigned char gemv_smem[];
-  int4* ring = reinterpret_cast<int4*>(gemv_smem);  // [R][D][kStreamThreads]
-  float* part = reinterpret_cast<float*>(ring + R * D * kStreamThreads);
-  W* xs = reinterpret_cast<W*>(part + sh.part_floats);  // [M, K] when staged
-
-  GemvStreamCursor<W, E> pc;  // the producer: the next vector to copy
-  pc.u = warp;
-  if (pc.u < units) pc.Set(w, N, K, nvec, S, c0, lane);
-  pc.Seek(units, w, N, K, nvec, S, c0, lane);
-  // Copies the next vector (of every weight row) into `slot`; one group per call, empty at the end.
-  const auto produce = [&](int slot) {
-    if (pc.u < units) {
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-        CpAsync16(ring + (r * D + slot) * kStreamThreads + tid, pc.rows[r] + pc.i);
-      pc.i += 32;
-      pc.Seek(units, w, N, K, nvec, S, c0, lane);
-    }
-    CpAsyncCommit();
-  };
-  for (int slot = 0; slot < D - 1; ++slot) produce(slot);
-  GridDependencyWait();
-  if (!sh.early_dependents) LaunchDependents();
-
-  const int4* xrows = reinterpret_cast<const int4*>(x);
-  if constexpr (kNorm) {
-    static_assert(sizeof(Out) == sizeof(W), "the norm prologue needs act == weight");
-    GemvNormPrologue<W, M, kStreamThreads>(na, xs, K);
-    xrows = reinterpret_cast<const int4*>(xs);
-  } else if (sh.stage_x) {
-    int4* xv = reinterpret_cast<int4*>(xs);
-    for (int v = tid; v < M * nvec; v += kStreamThreads) xv[v] = xrows[v];
-    __syncthreads();
-    xrows = xv;
-  }
   const float a = alpha ? *alpha : 1.f;
-  // Vector t of a lane lives in slot t % D; after consuming it the lane refills the slot it
-  // consumed one vector earlier (its loads completed: their values fed that vector's sums).
-  int slot = 0;
-  GemvStreamCursor<W, E> cc;  // the consumer
-  for (cc.u = warp; cc.u < units; cc.u += kStreamWarps) {
-    cc.Set(w, N, K, nvec, S, c0, lane);
-    float acc[R][M];
+  if constexpr (E == GemvEpilogue::kQkvRotary) {
+    // Lane m serves token row m.
+    float s0 = 0.f, s1 = 0.f;
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int m = 0; m < M; ++m) acc[r][m] = 0.f;
-    for (int i = cc.i; i < cc.end; i += 32) {
-      CpAsyncWaitRing(D);
-      int4 wv[R];
-#pragma unroll
-      for (int r = 0; r < R; ++r) wv[r] = ring[(r * D + slot) * kStreamThreads + tid];
-      GemvAccumulate<W, M, R, true>(wv, xrows, nvec, i, acc);
-      produce(slot == 0 ? D - 1 : slot - 1);
-      slot = slot + 1 == D ? 0 : slot + 1;
+    for (int m = 0; m < M; ++m) {
+      if (lane == m) {
+        s0 = sum[0][m];
+        s1 = sum[1][m];
+      }
     }
-    float sum[R][M];
+    if (lane < M) GemvQkvRotaryPair<W, Out>(qa, y, N, n, lane, s0, s1, a);
+  } else {
 #pragma unroll
-    for (int r = 0; r < R; ++r)
-#pragma unroll
-      for (int m = 0; m < M; ++m) sum[r][m] = WarpSum(acc[r][m]);
-    if (S == 1) {
-      GemvFinishColumn<W, Out, M, E>(qa, y, N, c0 + cc.u, lane, sum, a);
-    } else if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) part[(cc.u * R + r) * M + m] = sum[r][m];
-    }
-  }
-  if (S > 1) {
-    __syncthreads();
-    for (int cl = warp; cl < c1 - c0; cl += kStreamWarps) {
-      float sum[R][M];
-#pragma unroll
-      for (int r = 0; r < R; ++r)
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          float v = part[(cl * S * R + r) * M + m];
-          for (int sl = 1; sl < S; ++sl) v += part[((cl * S + sl) * R + r) * M + m];
-          sum[r][m] = v;
+    for (int m = 0; m < M; ++m) {
+      Out* dst = y + static_cast<int64_t>(m) * N + n;
+      if constexpr (E == GemvEpilogue::kStore) {
+        if (lane == 0) *dst = FromFloat<Out>(sum[0][m] * a);
+      } else {
+        if (lane == 0) {
+          // The unfused path: gate_up stored in Out, then SiluMulKernel. __fmul_rn keeps the
+          // products from being contracted into expf's arithmetic (fp32 Out: no rounding between).
+          const float g = RoundTo<Out>(__fmul_rn(sum[0][m], a));
+          const float u = RoundTo<Out>(__fmul_rn(sum[1][m], a));
+          const float silu = RoundTo<Out>(g / (1.f + expf(-g)));
+          *dst = FromFloat<Out>(silu * u);
         }
-      GemvFinishColumn<W, Out, M, E>(qa, y, N, c0 + cl, lane, sum, a);
+      }
     }
   }
-#endif
 }
 
 // SMs of the current device, queried once per process.
@@ -491,8 +300,14 @@ int GemvSmCount() {
 // columns: a kSiluMul warp streams 2 rows (twice the loads in flight), and the choice must be
 // the same as the unfused LaunchGemv over those 2F rows for the fused result to stay bit-exact
 // (likewise kQkvRotary against LaunchGemv over the (H + 2 Hkv) * Dh qkv rows).
+// GLM_CUDA_GEMV_BLOCKS_PER_SM overrides the 6 (a benchmark switch, read once).
 int GemvSplitFor(int64_t rows, int nvec) {
-  const int64_t want_blocks = 6 * static_cast<int64_t>(GemvSmCount());
+  static const int per_sm = [] {
+    const char* env = std::getenv("GLM_CUDA_GEMV_BLOCKS_PER_SM");
+    const int v = env != nullptr ? std::atoi(env) : 0;
+    return v > 0 ? v : 6;
+  }();
+  const int64_t want_blocks = per_sm * static_cast<int64_t>(GemvSmCount());
   int s = 4;
   for (int c : {1, 2, 4}) {
     if (rows * c >= want_blocks * kGemvWarps) {
@@ -519,63 +334,6 @@ cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
   }
 }
 
-std::atomic<bool> g_stream_enabled{true};
-std::atomic<int> g_stream_ring_bytes{256};
-std::atomic<int> g_stream_blocks_per_sm{1};
-std::atomic<bool> g_stream_early_dependents{true};
-
-// Whether the decode GEMVs use the streamed kernel on this device.
-bool GemvStreams() { return g_stream_enabled.load(std::memory_order_relaxed) && DeviceComputeMajor() >= 8; }
-
-// x at most this large is copied into shared memory after the wait (one parallel L2 round trip
-// instead of L1 misses in the stream's first pass; the largest carveout leaves a small L1).
-constexpr size_t kStreamStageXBytes = 48 * 1024;
-
-template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
-cudaError_t LaunchGemvStream(int S, const W* x, const W* w, Out* y, int N, int K,
-                             const float* alpha, const GemvQkvArgs& qa, const GemvNormIn& na,
-                             cudaStream_t stream) {
-  constexpr int R = GemvRowsPerWarp<E>();
-  const auto kernel = GemvStreamKernel<W, Out, M, E, kNorm>;
-  // Dynamic shared memory may use what the block's static shared memory leaves of the opt-in.
-  static const int max_dynamic = [&] {
-    cudaFuncAttributes fa{};
-    if (cudaFuncGetAttributes(&fa, kernel) != cudaSuccess) return -1;
-    const int bytes = DeviceSharedMemoryOptin() - static_cast<int>(fa.sharedSizeBytes);
-    return PrepareSharedMemoryKernel(kernel, bytes) == cudaSuccess ? bytes : -1;
-  }();
-  if (max_dynamic < 0) return cudaErrorInvalidValue;
-  const int per_sm = std::max(1, g_stream_blocks_per_sm.load(std::memory_order_relaxed));
-  const int grid = std::max(1, std::min(N, GemvSmCount() * per_sm));
-  const int cols_max = (N + grid - 1) / grid;
-  GemvStreamShape sh;
-  sh.S = S;
-  sh.early_dependents = g_stream_early_dependents.load(std::memory_order_relaxed) ? 1 : 0;
-  sh.part_floats = S > 1 ? (cols_max * S * R * M + 3) / 4 * 4 : 0;
-  const size_t x_bytes = size_t{M} * K * sizeof(W);
-  sh.stage_x = kNorm || x_bytes <= kStreamStageXBytes;
-  const size_t fixed = size_t{4} * sh.part_floats + (sh.stage_x ? x_bytes : 0);
-  const auto ring_bytes = [](int d) { return size_t{R} * d * kStreamThreads * 16; };
-  const size_t limit = static_cast<size_t>(max_dynamic);
-  // The deepest supported ring within ring_bytes per lane (and the shared-memory limit).
-  const int want = g_stream_ring_bytes.load(std::memory_order_relaxed) / (16 * R);
-  sh.D = 0;
-  for (int d : kRingDepths) {
-    if (d == kRingDepths[0] || (d <= want && fixed + ring_bytes(d) <= limit)) sh.D = d;
-  }
-  const size_t smem = fixed + ring_bytes(sh.D);
-  if (smem > limit) return cudaErrorInvalidValue;
-  return LaunchKernel(kernel, dim3(grid), dim3(kStreamThreads), smem, stream, x, w, y, N, K,
-                      alpha, qa, na, sh);
-}
-
-template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
-cudaError_t LaunchGemvM(int S, const W* x, const W* w, Out* y, int N, int K, const float* alpha,
-                        const GemvQkvArgs& qa, const GemvNormIn& na, cudaStream_t stream) {
-  if (GemvStreams()) return LaunchGemvStream<W, Out, M, E, kNorm>(S, x, w, y, N, K, alpha, qa, na, stream);
-  return LaunchGemvSplit<W, Out, M, E, kNorm>(S, x, w, y, N, K, alpha, qa, na, stream);
-}
-
 // N: output columns of the warps (kSiluMul: F, with w holding 2F rows; kQkvRotary: column
 // pairs, with w holding 2N rows).
 template <typename W, typename Out, GemvEpilogue E, bool kNorm = false>
@@ -587,10 +345,10 @@ cudaError_t LaunchGemvTyped(const void* x, const void* w, void* y, int M, int N,
   const W* wp = static_cast<const W*>(w);
   Out* yp = static_cast<Out*>(y);
   switch (M) {
-    case 1: return LaunchGemvM<W, Out, 1, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
-    case 2: return LaunchGemvM<W, Out, 2, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
-    case 3: return LaunchGemvM<W, Out, 3, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
-    case 4: return LaunchGemvM<W, Out, 4, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
+    case 1: return LaunchGemvSplit<W, Out, 1, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
+    case 2: return LaunchGemvSplit<W, Out, 2, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
+    case 3: return LaunchGemvSplit<W, Out, 3, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
+    case 4: return LaunchGemvSplit<W, Out, 4, E, kNorm>(S, xp, wp, yp, N, K, alpha, qa, na, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -614,22 +372,6 @@ cudaError_t LaunchGemvSameTypes(DType type, const void* x, const void* w, void* 
 }
 
 }  // namespace
-
-void SetGemvStreamConfig(const GemvStreamConfig& config) {
-  g_stream_enabled.store(config.enabled);
-  g_stream_ring_bytes.store(config.ring_bytes);
-  g_stream_blocks_per_sm.store(config.blocks_per_sm);
-  g_stream_early_dependents.store(config.early_dependents);
-}
-
-GemvStreamConfig GetGemvStreamConfig() {
-  GemvStreamConfig c;
-  c.enabled = g_stream_enabled.load();
-  c.ring_bytes = g_stream_ring_bytes.load();
-  c.blocks_per_sm = g_stream_blocks_per_sm.load();
-  c.early_dependents = g_stream_early_dependents.load();
-  return c;
-}
 
 bool GemvSupports(DType weight, int M, int K) {
   const int vec = weight == DType::kF32 ? 4 : 8;

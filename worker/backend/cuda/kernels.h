@@ -123,19 +123,6 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
 // Narrow shapes split K over up to 4 warps of a block (GemvSplitK); results depend on the split
 // only through the fp32 summation order.
 bool GemvSupports(DType weight, int M, int K);
-// How the GEMV launchers run (process-wide; the backend sets it from GLM_CUDA_GEMV_STREAM,
-// GLM_CUDA_GEMV_RING_BYTES and GLM_CUDA_GEMV_BLOCKS_PER_SM, tests switch it). enabled and sm80+:
-// the streamed kernel, a persistent grid of blocks_per_sm blocks per SM whose lanes keep a
-// ring_bytes shared-memory ring of weight vectors in flight (cp.async), filled before the PDL
-// wait; otherwise the register-pipelined kernel (sm70/75). Both give the same bits.
-struct GemvStreamConfig {
-  bool enabled = true;
-  int ring_bytes = 256;  // per lane: 64 KB a block
-  int blocks_per_sm = 1;
-  bool early_dependents = true;  // let the next kernel launch before the PDL wait
-};
-void SetGemvStreamConfig(const GemvStreamConfig& config);
-GemvStreamConfig GetGemvStreamConfig();
 // The split-K factor (1, 2 or 4) the GEMV launchers use when streaming `rows` weight rows of K
 // elements on the current device: LaunchGemv streams N rows, LaunchGemvSiluMul 2F and
 // LaunchGemvQkvRotary (H + 2 Hkv) * Dh, so each fused launcher sums exactly like the LaunchGemv

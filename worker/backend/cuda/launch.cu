@@ -27,11 +27,6 @@ int DeviceComputeMajor() {
   return v;
 }
 
-int DeviceSharedMemoryOptin() {
-  static const int v = CurrentDeviceAttribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  return v > 0 ? v : 48 * 1024;
-}
-
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }
 bool ProgrammaticLaunchEnabled() { return g_programmatic_launch.load(std::memory_order_relaxed); }
 

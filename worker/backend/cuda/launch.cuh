@@ -31,9 +31,6 @@ bool ProgrammaticLaunchEnabled();
 // device per process); 0 when the query fails (the CUDA error is cleared).
 int DeviceSmCount();
 int DeviceComputeMajor();
-// The opt-in shared memory a block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin); 48 KB when
-// the query fails.
-int DeviceSharedMemoryOptin();
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -45,18 +42,6 @@ __device__ __forceinline__ void LaunchDependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
-}
-
-// For kernels with large dynamic shared memory (call once per kernel): allows up to `smem_bytes`
-// and asks for the largest shared-memory carveout. The streamed GEMVs and the attention kernel
-// all ask for the same carveout, so PDL can make their blocks co-resident on an SM (a block
-// cannot start on an SM whose carveout it would have to change).
-template <typename Kernel>
-cudaError_t PrepareSharedMemoryKernel(Kernel kernel, int smem_bytes) {
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-  if (e != cudaSuccess) return e;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                              cudaSharedmemCarveoutMaxShared);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when enabled; returns the
