@@ -3,7 +3,8 @@
 # run the GPU tests, then glm-bench. Everything is logged under $OUT (the `run` tool's folder).
 #   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe] [hf]
 #     [ab-VAR[=VALUE]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0: an A/B of a
-#     GLM_CUDA_* switch) [ab1-VAR[=VALUE]] (the same, bs1 decode and TTFT only)
+#     GLM_CUDA_* switch) [ab1-VAR[=VALUE][,VAR2=VALUE2]] (the same, bs1 decode and TTFT only, with
+#     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -65,6 +66,19 @@ for what in "$@"; do
       env "${settings[@]}" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --profile 2>&1 |
         tee "$OUT/bench_ab1_$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _).log" | grep -v "^I " ;;
+    ncu-bs1)
+      # Nsight Compute on bs1 decode (one kernel per graph node, serialized: no PDL overlap): a few
+      # launches each of the decode GEMV and the tensor-core attention after the prefill phase.
+      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      for k in GemvKernel AttentionMmaKernel; do
+        timeout 240 "$ncu" --kernel-name "regex:$k" --launch-skip 400 --launch-count 4 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+          --section WarpStateStats --section LaunchStats \
+          $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+          --precision bf16 --skip-throughput >"$OUT/ncu_$k.txt" 2>&1
+        echo "ncu $k: rc=$?"
+        grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Stall|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit" "$OUT/ncu_$k.txt" | head -80
+      done ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
