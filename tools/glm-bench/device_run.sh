@@ -2,8 +2,8 @@
 # One GPU-machine session for the CUDA backend: build the CUDA targets for the local GPU's arch,
 # run the GPU tests, then glm-bench. Everything is logged under $OUT (the `run` tool's folder).
 #   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe] [hf]
-#     [ab-VAR[=VALUE]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0: an A/B of a
-#     GLM_CUDA_* switch) [ab1-VAR[=VALUE][,VAR2=VALUE2]] (the same, bs1 decode and TTFT only, with
+#     [ab-VAR[=VALUE][,VAR2=VALUE2]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0:
+#     an A/B of GLM_CUDA_* switches) [ab1-...] (the same, bs1 decode and TTFT only, with
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
 set -u
 OUT=${OUT:-/tmp/glm-out}
@@ -26,6 +26,14 @@ ninja -C build-dev -j16 -k 0 gpu_kernels_test gpu_gemm_lt_test gpu_backend_test 
   grep -E "error|FAILED" "$OUT/build.log" | head -20
 echo "build: $(( $(date +%s) - t0 )) s"
 bench=build-dev/tools/glm-bench/glm-bench
+# ab-/ab1- argument VAR[=VALUE][,VAR2=VALUE2...] (VALUE defaults to 0): $setting, the env
+# assignments in $settings, and $tag, a file-name form of it.
+parse_setting() {
+  setting=$1
+  [[ $setting == *=* ]] || setting="$setting=0"
+  IFS=',' read -ra settings <<<"$setting"
+  tag=$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _)
+}
 for what in "$@"; do
   case "$what" in
     tests)
@@ -52,20 +60,17 @@ for what in "$@"; do
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision fp16-safe --skip-throughput --json "$OUT/bench_fp16safe.json" 2>&1 | tee "$OUT/bench_fp16safe.log" ;;
     ab-*)
-      setting=${what#ab-}
-      [[ $setting == *=* ]] || setting="$setting=0"
+      parse_setting "${what#ab-}"
       echo "== A/B run with $setting"
-      env "$setting" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --json "$OUT/bench_ab_${setting%%=*}.json" 2>&1 | tee "$OUT/bench_ab_${setting%%=*}.log" | grep -v "^I " ;;
+      env "${settings[@]}" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --json "$OUT/bench_ab_$tag.json" 2>&1 | tee "$OUT/bench_ab_$tag.log" | grep -v "^I " ;;
     ab1-*)
       # bs1 decode and TTFT only (no throughput run) with env VAR=VALUE.
-      setting=${what#ab1-}
-      [[ $setting == *=* ]] || setting="$setting=0"
+      parse_setting "${what#ab1-}"
       echo "== A/B bs1 run with $setting"
-      IFS=',' read -ra settings <<<"$setting"  # VAR=V[,VAR2=V2...]
       env "${settings[@]}" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --profile 2>&1 |
-        tee "$OUT/bench_ab1_$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _).log" | grep -v "^I " ;;
+        tee "$OUT/bench_ab1_$tag.log" | grep -v "^I " ;;
     ncu-bs1)
       # Nsight Compute on bs1 decode (one kernel per graph node, serialized: no PDL overlap): a few
       # launches each of the decode GEMV and the tensor-core attention after the prefill phase.

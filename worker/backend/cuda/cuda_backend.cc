@@ -137,17 +137,10 @@ constexpr int kDecodeBlocksPerSm = 2;
 constexpr int64_t kCublasWorkspaceBytes = 32LL << 20;
 constexpr int64_t kKvReserveBytes = 256LL << 20;  // graphs, cuBLAS internals, fragmentation
 
-// A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
-// benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
-int PositiveEnvOr(const char* name, int fallback) {
-  const char* env = std::getenv(name);
-  const int v = env != nullptr ? std::atoi(env) : 0;
-  return v > 0 ? v : fallback;
-}
 // Fewest 64-key tiles per flash-decoding split of the tensor-core attention (4 measured best at
 // bs1: 136.5 tok/s against 122.9 with 2 and 119.6 with 1).
 int MinTilesPerSplit() {
-  static const int v = PositiveEnvOr("GLM_CUDA_MIN_TILES_PER_SPLIT", 4);
+  static const int v = cuda::PositiveEnvOr("GLM_CUDA_MIN_TILES_PER_SPLIT", 4);
   return v;
 }
 
@@ -512,7 +505,7 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
 
 int CudaBackend::DecodeSplits(int seqs) const {
   const int blocks = seqs * static_cast<int>(layout_.kv_heads);
-  static const int per_sm = PositiveEnvOr("GLM_CUDA_DECODE_BLOCKS_PER_SM", kDecodeBlocksPerSm);
+  static const int per_sm = cuda::PositiveEnvOr("GLM_CUDA_DECODE_BLOCKS_PER_SM", kDecodeBlocksPerSm);
   const int want = (per_sm * sm_count_ + blocks - 1) / std::max(blocks, 1);
   return std::clamp(want, 1, kMaxDecodeSplits);
 }

@@ -22,8 +22,6 @@
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).
-#include <cstdlib>
-
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -302,11 +300,7 @@ int GemvSmCount() {
 // (likewise kQkvRotary against LaunchGemv over the (H + 2 Hkv) * Dh qkv rows).
 // GLM_CUDA_GEMV_BLOCKS_PER_SM overrides the 6 (a benchmark switch, read once).
 int GemvSplitFor(int64_t rows, int nvec) {
-  static const int per_sm = [] {
-    const char* env = std::getenv("GLM_CUDA_GEMV_BLOCKS_PER_SM");
-    const int v = env != nullptr ? std::atoi(env) : 0;
-    return v > 0 ? v : 6;
-  }();
+  static const int per_sm = PositiveEnvOr("GLM_CUDA_GEMV_BLOCKS_PER_SM", 6);
   const int64_t want_blocks = per_sm * static_cast<int64_t>(GemvSmCount());
   int s = 4;
   for (int c : {1, 2, 4}) {

@@ -1,6 +1,7 @@
 #include "worker/backend/cuda/launch.cuh"
 
 #include <atomic>
+#include <cstdlib>
 
 namespace glm {
 namespace cuda {
@@ -25,6 +26,12 @@ int DeviceSmCount() {
 int DeviceComputeMajor() {
   static const int v = CurrentDeviceAttribute(cudaDevAttrComputeCapabilityMajor);
   return v;
+}
+
+int PositiveEnvOr(const char* name, int fallback) {
+  const char* env = std::getenv(name);
+  const int v = env != nullptr ? std::atoi(env) : 0;
+  return v > 0 ? v : fallback;
 }
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }

@@ -32,6 +32,10 @@ bool ProgrammaticLaunchEnabled();
 int DeviceSmCount();
 int DeviceComputeMajor();
 
+// A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
+// benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
+int PositiveEnvOr(const char* name, int fallback);
+
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
