@@ -10,11 +10,21 @@ OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/../.."
 source scripts/device-env.sh
-# Build from a copy whose tests/ holds only gpu/: folders other engineers are midway through
-# must not stop this build.
+# Build from a copy whose tests/ builds only gpu/ (and what it needs): folders other engineers
+# are midway through must not stop this build. The copy and its build-dev/ persist while the
+# machine stays warm; only files whose content changed are copied, so a later call rebuilds
+# only what changed (a file deleted from the tree stays in the copy until the machine is cold).
 src=/tmp/glm-src
-rm -rf "$src" && mkdir -p "$src" && cp -r CMakeLists.txt cmake services worker tools tests proto "$src"/
-printf 'add_subdirectory(gpu)\nadd_subdirectory(golden)\nadd_subdirectory(unit/parallel)\n' >"$src/tests/CMakeLists.txt"
+mkdir -p "$src"
+sync_file() {  # sync_file FROM TO: copy when the content differs
+  cmp -s "$1" "$2" && return 0
+  mkdir -p "$(dirname "$2")" && cp "$1" "$2"
+}
+find CMakeLists.txt cmake services worker tools tests proto -name node_modules -prune -o \
+  -type f ! -path tests/CMakeLists.txt -print |
+  while read -r f; do sync_file "$f" "$src/$f"; done
+printf 'add_subdirectory(gpu)\nadd_subdirectory(golden)\nadd_subdirectory(unit/parallel)\n' >/tmp/glm-tests-cmake
+sync_file /tmp/glm-tests-cmake "$src/tests/CMakeLists.txt"
 cd "$src"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)

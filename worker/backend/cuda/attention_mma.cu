@@ -112,7 +112,10 @@ template <int DH, int STAGES>
 struct MmaSmem {
   static constexpr int kStride = DH + 8;  // 16-bit elements: rows 16 bytes apart mod 128, no conflicts
   static constexpr size_t kStage = size_t{2} * kTile * kStride * 2;  // K and V tiles, bytes
-  static constexpr size_t kMerge = size_t{kWarps} * 16 * DH * 4 + size_t{kWarps} * 16 * 2 * 4;
+  // Key-split merge: partial O [kWarps][16][DH], (m, l) [kWarps][16][2], weights [kWarps][16],
+  // 1 / l [16] (floats).
+  static constexpr size_t kMerge =
+      size_t{kWarps} * 16 * DH * 4 + size_t{kWarps} * 16 * 2 * 4 + size_t{kWarps} * 16 * 4 + 16 * 4;
   static constexpr size_t kQ = size_t{kMaxRows} * kStride * 2;
   static_assert(kQ <= kStage, "Q is staged in the last tile stage");
   static constexpr size_t kBytes = STAGES * kStage > kMerge ? STAGES * kStage : kMerge;
@@ -247,10 +250,10 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
       splits = min(splits, max(1, (num_tiles + per - 1) / per));
     }
   }
-  if (split >= splits) {
-    GridDependencyWait();
-    return;
-  }
+  // Surplus split blocks leave without waiting for the QKV kernel, freeing their SM for the
+  // next kernel's blocks at once; split 0 of every item waits, so this kernel still cannot
+  // complete before its predecessor (launch.cuh).
+  if (split >= splits) return;
   const uint16_t* q = static_cast<const uint16_t*>(a.q);
   const uint16_t* kc = static_cast<const uint16_t*>(a.k_cache);
   const uint16_t* vc = static_cast<const uint16_t*>(a.v_cache);
@@ -275,33 +278,65 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
   // Tile t lives in stage (t - tile_begin) % STAGES; up to STAGES - 1 tiles are in flight ahead of
   // the one being computed. Before the wait: the tiles whose keys all precede the item's first
   // new token (stages 0..STAGES-2; the last stage holds Q meanwhile).
+  // Decode blocks (RW == 1) read Q straight into registers, so all STAGES stages take tiles;
+  // the row-split blocks stage Q through the last stage, which stays free until then.
+  constexpr int kTileStagesBeforeQ = RW == 1 ? STAGES : STAGES - 1;
   int issued = tile_begin;
   const int first_new = nrows > 0 ? a.positions[it.token_begin] : 0;
-  while (issued < tile_end && issued - tile_begin < STAGES - 1 && (issued + 1) * kTile <= first_new) {
+  while (issued < tile_end && issued - tile_begin < kTileStagesBeforeQ &&
+         (issued + 1) * kTile <= first_new) {
     load_tile(issued, (issued - tile_begin) % STAGES);
     ++issued;
   }
   GridDependencyWait();
 
-  // Q rows through shared memory (the last stage of the tile buffers, not yet in use) into A
-  // fragments.
-  uint16_t* q_stage = tiles + (STAGES - 1) * 2 * kTile * kStride;
-  for (int v = tid; v < kRows * kVecs; v += kThreads) {
-    const int r = v / kVecs, c = (v % kVecs) * 8;
-    int4 val = make_int4(0, 0, 0, 0);
-    if (r < nrows) {
-      val = *reinterpret_cast<const int4*>(q + it.Token(r, G) * a.q_stride + (kvh * G + r % G) * DH + c);
-    }
-    *reinterpret_cast<int4*>(q_stage + r * kStride + c) = val;
-  }
-  __syncthreads();
   uint32_t qa[kKS][4];
+  if constexpr (RW == 1) {
+    // The tiles with the new tokens' K/V first (their loads overlap the Q loads), then Q's A
+    // fragments from global memory: a[0] = (row g, cols 2tq, 2tq + 1), a[1] = row g + 8,
+    // a[2] / a[3] the same 8 columns on (ldmatrix's layout, without the shared-memory pass).
+    while (issued < tile_end && issued - tile_begin < STAGES) {
+      load_tile(issued, (issued - tile_begin) % STAGES);
+      ++issued;
+    }
+    const uint32_t* q_lo = nullptr;
+    const uint32_t* q_hi = nullptr;
+    if (g < nrows) {
+      q_lo = reinterpret_cast<const uint32_t*>(q + it.Token(g, G) * a.q_stride + (kvh * G + g % G) * DH);
+    }
+    if (g + 8 < nrows) {
+      q_hi = reinterpret_cast<const uint32_t*>(q + it.Token(g + 8, G) * a.q_stride +
+                                               (kvh * G + (g + 8) % G) * DH);
+    }
 #pragma unroll
-  for (int ks = 0; ks < kKS; ++ks) {
-    LdMatrixX4(qa[ks], q_stage + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
+    for (int ks = 0; ks < kKS; ++ks) {
+      const int c = (ks * 16 + 2 * tq) / 2;  // in 32-bit pairs
+      qa[ks][0] = q_lo ? q_lo[c] : 0u;
+      qa[ks][1] = q_hi ? q_hi[c] : 0u;
+      qa[ks][2] = q_lo ? q_lo[c + 4] : 0u;
+      qa[ks][3] = q_hi ? q_hi[c + 4] : 0u;
+    }
+    __syncthreads();  // row_pos
+  } else {
+    // Q rows through shared memory (the last stage of the tile buffers, not yet in use) into A
+    // fragments.
+    uint16_t* q_stage = tiles + (STAGES - 1) * 2 * kTile * kStride;
+    for (int v = tid; v < kRows * kVecs; v += kThreads) {
+      const int r = v / kVecs, c = (v % kVecs) * 8;
+      int4 val = make_int4(0, 0, 0, 0);
+      if (r < nrows) {
+        val = *reinterpret_cast<const int4*>(q + it.Token(r, G) * a.q_stride + (kvh * G + r % G) * DH + c);
+      }
+      *reinterpret_cast<int4*>(q_stage + r * kStride + c) = val;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int ks = 0; ks < kKS; ++ks) {
+      LdMatrixX4(qa[ks], q_stage + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
+    }
+    __syncthreads();  // the last stage is free again
   }
   const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
-  __syncthreads();  // the last stage is free again
 
   const float sl2 = a.scale * kLog2e;  // scores in the log2 domain
   float o[kDT][4];
@@ -450,33 +485,54 @@ __global__ void __launch_bounds__(kThreads) AttentionMmaKernel(AttentionArgs a, 
         ml[(kw * kRows + r) * 2 + 1] = half ? l_hi : l_lo;
       }
     }
+    float* wts = ml + KW * kRows * 2;  // [KW][kRows]: exp2(m_w - m) of each warp's partial
+    float* inv_l = wts + KW * kRows;   // [kRows]: 1 / l (0 for a row that saw no key)
     __syncthreads();
-    for (int idx = tid; idx < kRows * DH; idx += kThreads) {
-      const int r = idx / DH, d = idx % DH;
-      if (r >= nrows) continue;
+    // One thread a row: the row's max, the warps' weights and the total sum, once.
+    if (tid < kRows) {
+      const int r = tid;
       float gm = -INFINITY;
 #pragma unroll
       for (int w = 0; w < KW; ++w) gm = fmaxf(gm, ml[(w * kRows + r) * 2]);
-      float sum_l = 0.f, acc = 0.f;
-      if (gm != -INFINITY) {
+      float sum_l = 0.f;
 #pragma unroll
-        for (int w = 0; w < KW; ++w) {
-          const float wt = exp2f(ml[(w * kRows + r) * 2] - gm);
-          sum_l += ml[(w * kRows + r) * 2 + 1] * wt;
-          acc += mo[(w * kRows + r) * DH + d] * wt;
-        }
+      for (int w = 0; w < KW; ++w) {
+        const float wt = gm == -INFINITY ? 0.f : exp2f(ml[(w * kRows + r) * 2] - gm);
+        wts[w * kRows + r] = wt;
+        sum_l += ml[(w * kRows + r) * 2 + 1] * wt;
+      }
+      inv_l[r] = sum_l > 0.f ? 1.f / sum_l : 0.f;
+      if (splits > 1 && r < nrows) {
+        const int64_t row = (static_cast<int64_t>(split) * a.T + it.Token(r, G)) * a.H + kvh * G + r % G;
+        a.partial_ml[row * 2] = gm * kLn2;
+        a.partial_ml[row * 2 + 1] = sum_l;
+      }
+    }
+    __syncthreads();
+    // Four dims a thread.
+    for (int idx = tid; idx < kRows * DH / 4; idx += kThreads) {
+      const int r = idx / (DH / 4), d = (idx % (DH / 4)) * 4;
+      if (r >= nrows) continue;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int w = 0; w < KW; ++w) {
+        const float wt = wts[w * kRows + r];
+        const float4 v = *reinterpret_cast<const float4*>(mo + (w * kRows + r) * DH + d);
+        acc.x = fmaf(v.x, wt, acc.x);
+        acc.y = fmaf(v.y, wt, acc.y);
+        acc.z = fmaf(v.z, wt, acc.z);
+        acc.w = fmaf(v.w, wt, acc.w);
       }
       const int64_t t = it.Token(r, G);
       const int h = kvh * G + r % G;
       if (splits == 1) {
-        out[(t * a.H + h) * DH + d] = FromFloat<T>(sum_l > 0.f ? acc / sum_l : 0.f);
+        const float il = inv_l[r];
+        uint32_t* dst = reinterpret_cast<uint32_t*>(out + (t * a.H + h) * DH + d);
+        dst[0] = PackPair<T>(acc.x * il, acc.y * il);
+        dst[1] = PackPair<T>(acc.z * il, acc.w * il);
       } else {
         const int64_t row = (static_cast<int64_t>(split) * a.T + t) * a.H + h;
-        a.partial_out[row * DH + d] = acc;
-        if (d == 0) {
-          a.partial_ml[row * 2] = gm * kLn2;
-          a.partial_ml[row * 2 + 1] = sum_l;
-        }
+        *reinterpret_cast<float4*>(a.partial_out + row * DH + d) = acc;
       }
     }
   }

@@ -7,7 +7,8 @@
 // and wait in GridDependencyWait() until the predecessor has completed and its writes are
 // visible. The rules every kernel launched through LaunchKernel follows:
 //   - every block calls GridDependencyWait() before it reads anything an earlier kernel wrote
-//     and before it writes anything a concurrent predecessor may still read, and before exiting;
+//     and before it writes anything a concurrent predecessor may still read, and at least one
+//     block of every launch waits before exiting (every block, unless it does no work at all);
 //     so kernel N+1 cannot complete before kernel N has, and the chain stays ordered;
 //   - LaunchDependents() may be called anywhere (after the wait, by convention): it only lets the
 //     next kernel's blocks be scheduled early, never lets them pass their own wait.
@@ -35,6 +36,8 @@ int DeviceComputeMajor();
 // A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
 // benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
 int PositiveEnvOr(const char* name, int fallback);
+// The same for switches where 0 means off: a non-negative integer, or `fallback`.
+int NonNegativeEnvOr(const char* name, int fallback);
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
