@@ -707,6 +707,26 @@ TEST_P(KernelTest, ArgmaxPicksFirstMaximumAndFlagsNonFiniteRows) {
   for (size_t i = 0; i < copy.size(); ++i)
     if (!(copy[i] == rounded[i]) && !(std::isnan(copy[i]) && std::isnan(rounded[i]))) ++mismatched;
   EXPECT_EQ(mismatched, 0);
+  // A row length that is no multiple of the 16-byte vector takes the scalar path.
+  {
+    const int V2 = 1001;
+    auto h2 = rng.Vector(2 * V2, -10, 10);
+    h2[1000] = 30.f;            // the last element of row 0
+    h2[V2 + 3] = 30.f;          // row 1: a tie, the first wins
+    h2[V2 + 999] = 30.f;
+    h2[V2 + 500] = -std::numeric_limits<float>::infinity();
+    TypedBuffer l2(tc.types.act, 2 * V2), c2(DType::kF32, 2 * V2);
+    auto r2 = l2.Upload(h2);
+    c2.Poison();
+    ASSERT_CUDA(cuda::LaunchArgmax(tc.types.act, l2.get(), 2, V2, c2.as<float>(), d_tok, d_fin, nullptr));
+    cudaMemcpy(tok.data(), d_tok, 2 * 4, cudaMemcpyDeviceToHost);
+    cudaMemcpy(fin.data(), d_fin, 2 * 4, cudaMemcpyDeviceToHost);
+    EXPECT_EQ(tok[0], 1000);
+    EXPECT_EQ(tok[1], 3);
+    EXPECT_EQ(fin[0], 1);
+    EXPECT_EQ(fin[1], 0);
+    EXPECT_EQ(c2.Download(), r2);
+  }
   cudaFree(d_tok);
   cudaFree(d_fin);
 }

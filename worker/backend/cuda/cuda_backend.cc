@@ -1121,9 +1121,10 @@ absl::Status CudaBackend::ForwardGreedy(const StepBatch& batch, std::vector<int3
   const int R = batch.num_logit_rows();
   int32_t* host = sampled_host_.get<int32_t>();
   if (R > 0) {
+    // Tokens [0, R) and finite flags [act_seqs_, act_seqs_ + R) in one copy (one copy less a
+    // step: at batch 1 the step's host round trip is on the critical path).
     const int32_t* dev = sampled_.get<int32_t>();
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, dev, R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host + act_seqs_, dev + act_seqs_, R * sizeof(int32_t),
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, dev, (act_seqs_ + R) * sizeof(int32_t),
                                          cudaMemcpyDeviceToHost, stream_));
   }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));

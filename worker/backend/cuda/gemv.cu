@@ -154,38 +154,16 @@ __device__ __forceinline__ void GemvQkvRotaryPair(const GemvQkvArgs& qa, Out* __
   }
 }
 
-// L2 prefetch of the weights the first round does not load (GLM_CUDA_GEMV_L2_PREFETCH_MB): the
-// first `vecs` 16-byte vectors of every K-slice of every weight row, issued before the PDL wait
-// with prefetch.global.L2 (one instruction a 128-byte line), so that while the predecessors
-// finish (the decode attention, a GEMV's tail) DRAM already streams this kernel's weights into
-// L2. The host sizes `vecs` so the kernel's prefetched bytes stay within a budget of L2.
-struct GemvPrefetch {
-  int vecs = 0;             // per K-slice, from its start; 0: off
-  bool evict_last = false;  // L2::evict_last hint (sm80+)
-};
-
-__device__ __forceinline__ void PrefetchL2(const void* p, bool evict_last) {
-#if defined(__CUDA_ARCH__)
-#if __CUDA_ARCH__ >= 800
-  if (evict_last) {
-    asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
-    return;
-  }
-#endif
-  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-#endif
-}
-
 // PDL: the weights never depend on earlier kernels, so the first round of weight loads (of
-// every K-slice) and the L2 prefetch are issued before GridDependencyWait(); x, alpha and the
-// epilogue's inputs (written by the predecessors) are read after it.
+// every K-slice) is issued before GridDependencyWait(); x, alpha and the epilogue's inputs
+// (written by the predecessors) are read after it.
 // N: output columns of the warps (kSiluMul: F; kQkvRotary: column pairs, (H + 2 Hkv) * Dh / 2).
 // kNorm: x is not read; every block computes it into shared memory from na (AddRmsNormRow, the
 // standalone norm kernel's arithmetic) after the wait, block 0 also storing the new residual.
 template <typename W, typename Out, int M, GemvEpilogue E, int S, bool kNorm>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N, int K,
-           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na, GemvPrefetch pf) {
+           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na) {
   static_assert(S == 1 || S == 2 || S == 4, "split-K factor");
   constexpr int kVec = Vec16<W>::kN;
   constexpr int R = GemvRowsPerWarp<E>();
@@ -209,13 +187,6 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
   const bool first_round = active && i + (kUnroll - 1) * 32 < end;
   int4 wv[kUnroll][R];
   if (first_round) GemvLoadRound<R>(wrow, i, wv);
-  if (active && pf.vecs > 0) {
-    // 128-byte lines (8 vectors) past the first round's [begin, begin + kUnroll * 32).
-    const int pf_end = min(end, begin + pf.vecs);
-    for (int v = begin + kUnroll * 32 + lane * 8; v < pf_end; v += 32 * 8)
-#pragma unroll
-      for (int r = 0; r < R; ++r) PrefetchL2(wrow[r] + v, pf.evict_last);
-  }
   GridDependencyWait();
   LaunchDependents();
   const int4* xrows = reinterpret_cast<const int4*>(x);
@@ -342,23 +313,6 @@ int GemvSplitFor(int64_t rows, int nvec) {
   return s;
 }
 
-// The L2 prefetch of a GEMV over `rows` weight rows of K elements split S ways: all of every
-// K-slice when the weights fit the budget (GLM_CUDA_GEMV_L2_PREFETCH_MB, a benchmark switch read
-// once), else the same leading fraction of each slice, so the whole grid prefetches about the
-// budget. 0 MB: off.
-GemvPrefetch GemvPrefetchFor(int64_t rows, int K, size_t elem, int S) {
-  static const int budget_mb = NonNegativeEnvOr("GLM_CUDA_GEMV_L2_PREFETCH_MB", 0);
-  static const bool evict_last = NonNegativeEnvOr("GLM_CUDA_GEMV_L2_EVICT_LAST", 0) > 0;
-  GemvPrefetch pf;
-  pf.evict_last = evict_last;
-  const int64_t slice = (K * static_cast<int64_t>(elem) / 16 + S - 1) / S;  // vectors
-  const int64_t total = rows * K * static_cast<int64_t>(elem);
-  const int64_t budget = int64_t{budget_mb} << 20;
-  if (budget == 0 || total == 0) return pf;
-  pf.vecs = static_cast<int>(total <= budget ? slice : slice * budget / total);
-  return pf;
-}
-
 template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
 cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
                             const float* alpha, const GemvQkvArgs& qa, const GemvNormIn& na,
@@ -366,11 +320,10 @@ cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
   const dim3 block(kGemvWarps * 32);
   const auto grid = [&](int s) { return dim3((N + kGemvWarps / s - 1) / (kGemvWarps / s)); };
   const size_t smem = kNorm ? size_t{M} * K * sizeof(W) : 0;
-  const GemvPrefetch pf = GemvPrefetchFor(int64_t{N} * GemvRowsPerWarp<E>(), K, sizeof(W), S);
   switch (S) {
-    case 1: return LaunchKernel(GemvKernel<W, Out, M, E, 1, kNorm>, grid(1), block, smem, stream, x, w, y, N, K, alpha, qa, na, pf);
-    case 2: return LaunchKernel(GemvKernel<W, Out, M, E, 2, kNorm>, grid(2), block, smem, stream, x, w, y, N, K, alpha, qa, na, pf);
-    case 4: return LaunchKernel(GemvKernel<W, Out, M, E, 4, kNorm>, grid(4), block, smem, stream, x, w, y, N, K, alpha, qa, na, pf);
+    case 1: return LaunchKernel(GemvKernel<W, Out, M, E, 1, kNorm>, grid(1), block, smem, stream, x, w, y, N, K, alpha, qa, na);
+    case 2: return LaunchKernel(GemvKernel<W, Out, M, E, 2, kNorm>, grid(2), block, smem, stream, x, w, y, N, K, alpha, qa, na);
+    case 4: return LaunchKernel(GemvKernel<W, Out, M, E, 4, kNorm>, grid(4), block, smem, stream, x, w, y, N, K, alpha, qa, na);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -29,16 +29,9 @@ int DeviceComputeMajor() {
 }
 
 int PositiveEnvOr(const char* name, int fallback) {
-  const int v = NonNegativeEnvOr(name, 0);
-  return v > 0 ? v : fallback;
-}
-
-int NonNegativeEnvOr(const char* name, int fallback) {
   const char* env = std::getenv(name);
-  if (env == nullptr || *env == '\0') return fallback;
-  char* end = nullptr;
-  const long v = std::strtol(env, &end, 10);
-  return *end == '\0' && v >= 0 && v <= (1L << 30) ? static_cast<int>(v) : fallback;
+  const int v = env != nullptr ? std::atoi(env) : 0;
+  return v > 0 ? v : fallback;
 }
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }

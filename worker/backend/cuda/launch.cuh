@@ -36,8 +36,6 @@ int DeviceComputeMajor();
 // A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
 // benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
 int PositiveEnvOr(const char* name, int fallback);
-// The same for switches where 0 means off: a non-negative integer, or `fallback`.
-int NonNegativeEnvOr(const char* name, int fallback);
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
