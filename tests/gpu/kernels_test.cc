@@ -267,12 +267,22 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   testing::UploadInts(&d_counters, std::vector<int32_t>(item_seq.size() * Hkv, 0));
   // Runs 0 and 1: the in-kernel split combine (tensor-core kernel with counters); it must leave
   // its counters at zero, so the second launch (a graph replay) gives the same rows bit for bit.
-  // Runs 2 and 3: the same with the decode pipeline depth forced to 2 and 4 stages (the automatic
-  // choice takes 4 for small batches like these). Run 4: without counters (every split writes
-  // partials, the combine kernel merges them).
+  // Runs 2.. : the same with each decode block shape forced (warps, pipeline depth; the automatic
+  // choice takes 4 warps and 4 stages for small batches like these). Last run: without counters
+  // (every split writes partials, the combine kernel merges them).
+  struct Forced { int warps, stages; bool kvh_fastest; const char* what; };
+  const std::vector<Forced> shapes = {{4, 2, false, "4 warps, 2-stage pipeline"},
+                                      {4, 4, false, "4 warps, 4-stage pipeline"},
+                                      {4, 4, true, "4 warps, 4 stages, KV heads first"},
+                                      {2, 2, false, "2 warps / 32-key tiles, 2 stages"},
+                                      {2, 3, false, "2 warps / 32-key tiles, 3 stages"},
+                                      {2, 3, true, "2 warps / 32-key tiles, 3 stages, KV heads first"},
+                                      {2, 4, false, "2 warps / 32-key tiles, 4 stages"},
+                                      {8, 0, false, "8 warps / 128-key tiles"}};
+  const int runs = 3 + static_cast<int>(shapes.size());
   std::vector<float> fused;
   std::vector<std::vector<float>> forced;
-  for (int run = 0; run < 5; ++run) {
+  for (int run = 0; run < runs; ++run) {
     out.Poison();
     if (force_simt) {
       ASSERT_CUDA(cuda::LaunchPagedAttentionSimt(tc.types, a, nullptr));
@@ -280,15 +290,18 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
         ASSERT_CUDA(cuda::LaunchAttentionCombine(tc.types, d_po, d_ml, out.get(), ac.splits, T, H, Dh, nullptr));
       }
     } else {
-      a.split_counters = run < 4 ? static_cast<int32_t*>(d_counters) : nullptr;
-      a.stages = run == 2 ? 2 : run == 3 ? 4 : 0;
+      a.split_counters = run < runs - 1 ? static_cast<int32_t*>(d_counters) : nullptr;
+      const bool forcing = run >= 2 && run < runs - 1;
+      a.decode_warps = forcing ? shapes[run - 2].warps : 0;
+      a.stages = forcing ? shapes[run - 2].stages : 0;
+      a.kvh_fastest = forcing && shapes[run - 2].kvh_fastest;
       ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
     }
     if (run == 0) fused = out.Download();
     if (run == 1) {
       EXPECT_EQ(out.Download(), fused) << "a second launch differs (split counters not reset?)";
     }
-    if (run == 2 || run == 3) forced.push_back(out.Download());
+    if (run >= 2 && run < runs - 1) forced.push_back(out.Download());
   }
   auto got = out.Download();
   {
@@ -328,8 +341,9 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   }
   ExpectClose(got, want, 2 * tc.tol + 1e-4f, 0.05f, "attention");
   ExpectClose(fused, want, 2 * tc.tol + 1e-4f, 0.05f, "attention, splits merged in the kernel");
-  ExpectClose(forced[0], want, 2 * tc.tol + 1e-4f, 0.05f, "attention, 2-stage pipeline");
-  ExpectClose(forced[1], want, 2 * tc.tol + 1e-4f, 0.05f, "attention, 4-stage pipeline");
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    ExpectClose(forced[i], want, 2 * tc.tol + 1e-4f, 0.05f, std::string("attention, ") + shapes[i].what);
+  }
   for (void* p : {d_bt, d_stride, d_qs, d_ctx, d_pos, d_is, d_it}) cudaFree(p);
   cudaFree(d_po);
   cudaFree(d_ml);
