@@ -8,9 +8,10 @@
 // pipeline of 2-4 stages; rows beyond the context are zero-filled. Block shapes (DecodeShape):
 // prefill 4 warps / 64-key tiles / 2 stages; decode 4 warps / 64-key tiles with 4 stages for
 // small batches (a block keeps a whole short context in flight) or 2 for large ones, or 2 warps /
-// 32-key tiles (a third of the shared memory: more blocks per SM, so a large batch fits one wave),
-// or 8 warps / 128-key tiles (half the tiles a block walks at batch 1). With PDL the block reads the step tables and starts loading the K/V cached by
-// earlier steps before it waits for the QKV kernel (which writes Q and the new tokens' K/V).
+// 32-key tiles with 2-4 stages (less shared memory a block: more blocks per SM, so a large batch
+// fits one wave; the default for large batches), or 8 warps / 128-key tiles (fewer tiles a block
+// walks at batch 1). With PDL the block reads the step tables and starts loading the K/V cached
+// by earlier steps before it waits for the QKV kernel (which writes Q and the new tokens' K/V).
 //
 // Flash-decoding: with split_counters, a decode item's split count adapts to its context (at
 // least min_tiles_per_split tiles a split, so a short context is one block) and the last split
@@ -576,7 +577,8 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   static const cudaError_t attr_err = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
-  const dim3 grid = a.kvh_fastest ? dim3(a.Hkv, a.num_items, a.splits) : dim3(a.num_items, a.Hkv, a.splits);
+  const dim3 grid =
+      a.kvh_fastest ? dim3(a.Hkv, a.num_items, a.splits) : dim3(a.num_items, a.Hkv, a.splits);
   return LaunchKernel(kernel, grid, dim3(32 * NW), smem, stream, a, G);
 }
 
