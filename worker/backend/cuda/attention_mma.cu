@@ -624,9 +624,9 @@ DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count
   // Batches of at most one block per SM (small): 4 warps, 64-key tiles, 4 stages: a block keeps
   // a short context in flight. Larger ones: 2 warps, 32-key tiles, 3 stages (52 KB of shared
   // memory at Dh = 128, 4 blocks per SM: 256 sequences x 2 KV heads run in one wave with two
-  // tiles in flight a block; H200, 256 x (512/256): decode step 13.21 -> 12.82 ms against
-  // 4 warps / 2 stages, docs/PERFORMANCE-cuda-notes.md v8). The GLM_CUDA_ATTN_* variables are
-  // benchmark switches for A/B runs.
+  // tiles in flight a block; H200, 256 x (512/256): decode step 13.21 -> 12.82 ms and
+  // 12.76 -> 12.59 ms against 4 warps / 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md
+  // v8). The GLM_CUDA_ATTN_* variables are benchmark switches for A/B runs.
   static const int small_warps = PositiveEnvOr("GLM_CUDA_ATTN_SMALL_WARPS", 4);
   static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
   static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
