@@ -270,15 +270,12 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   // Runs 2.. : the same with each decode block shape forced (warps, pipeline depth; the automatic
   // choice takes 4 warps and 4 stages for small batches like these). Last run: without counters
   // (every split writes partials, the combine kernel merges them).
-  struct Forced { int warps, stages; bool kvh_fastest; const char* what; };
-  const std::vector<Forced> shapes = {{4, 2, false, "4 warps, 2-stage pipeline"},
-                                      {4, 4, false, "4 warps, 4-stage pipeline"},
-                                      {4, 4, true, "4 warps, 4 stages, KV heads first"},
-                                      {2, 2, false, "2 warps / 32-key tiles, 2 stages"},
-                                      {2, 3, false, "2 warps / 32-key tiles, 3 stages"},
-                                      {2, 3, true, "2 warps / 32-key tiles, 3 stages, KV heads first"},
-                                      {2, 4, false, "2 warps / 32-key tiles, 4 stages"},
-                                      {8, 0, false, "8 warps / 128-key tiles"}};
+  struct Forced { int warps, stages; const char* what; };
+  const std::vector<Forced> shapes = {{4, 2, "4 warps, 2-stage pipeline"},
+                                      {4, 4, "4 warps, 4-stage pipeline"},
+                                      {2, 2, "2 warps / 32-key tiles, 2 stages"},
+                                      {2, 3, "2 warps / 32-key tiles, 3 stages"},
+                                      {2, 4, "2 warps / 32-key tiles, 4 stages"}};
   const int runs = 3 + static_cast<int>(shapes.size());
   std::vector<float> fused;
   std::vector<std::vector<float>> forced;
@@ -294,7 +291,6 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
       const bool forcing = run >= 2 && run < runs - 1;
       a.decode_warps = forcing ? shapes[run - 2].warps : 0;
       a.stages = forcing ? shapes[run - 2].stages : 0;
-      a.kvh_fastest = forcing && shapes[run - 2].kvh_fastest;
       ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
     }
     if (run == 0) fused = out.Download();

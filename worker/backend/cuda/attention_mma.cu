@@ -5,13 +5,13 @@
 // KV head and one split of the context. Its query rows are (token, head of the group) pairs,
 // token-major, so K/V are read once per KV head for all G heads (GLM-4-9B: G = 16, so a decode
 // token is exactly one 16-row MMA tile). K/V tiles stream through shared memory with cp.async in a
-// pipeline of 2-4 stages; rows beyond the context are zero-filled. Block shapes (DecodeShape):
-// prefill 4 warps / 64-key tiles / 2 stages; decode 4 warps / 64-key tiles with 4 stages for
-// small batches (a block keeps a whole short context in flight) or 2 for large ones, or 2 warps /
-// 32-key tiles with 2-4 stages (less shared memory a block: more blocks per SM, so a large batch
-// fits one wave; the default for large batches), or 8 warps / 128-key tiles (fewer tiles a block
-// walks at batch 1). With PDL the block reads the step tables and starts loading the K/V cached
-// by earlier steps before it waits for the QKV kernel (which writes Q and the new tokens' K/V).
+// pipeline of 2-4 stages; rows beyond the context are zero-filled. A tile holds 16 keys per warp.
+// Block shapes (DecodeShape): prefill 4 warps / 64-key tiles / 2 stages; decode 4 warps / 64-key
+// tiles with 4 stages for small batches (a block keeps a whole short context in flight), or for
+// large batches 2 warps / 32-key tiles with 3 stages (less shared memory a block: more blocks per
+// SM, so a large batch fits one wave; 2 and 4 stages, and 4 warps / 2 stages, for A/B runs). With
+// PDL the block reads the step tables and starts loading the K/V cached by earlier steps before it
+// waits for the QKV kernel (which writes Q and the new tokens' K/V).
 //
 // Flash-decoding: with split_counters, a decode item's split count adapts to its context (at
 // least min_tiles_per_split tiles a split, so a short context is one block) and the last split
@@ -109,14 +109,15 @@ __device__ __forceinline__ void CpAsyncWait() {
 }
 #endif  // GLM_ATTN_MMA_ARCH
 
-// NW warps, RW of them splitting the rows (16 each), the other NW / RW splitting each TILE-key
-// tile's keys; STAGES tiles in the pipeline.
-template <int DH, int NW, int RW, int TILE, int STAGES>
+// NW warps, RW of them splitting the rows (16 each), the other NW / RW splitting each tile's
+// 16 * NW keys; STAGES tiles in the pipeline.
+template <int DH, int NW, int RW, int STAGES>
 struct MmaSmem {
+  static constexpr int kTile = 16 * NW;  // keys a tile
   static constexpr int kKW = NW / RW;
   static constexpr int kRows = 16 * RW;
   static constexpr int kStride = DH + 8;  // 16-bit elements: rows 16 bytes apart mod 128, no conflicts
-  static constexpr size_t kStage = size_t{2} * TILE * kStride * 2;  // K and V tiles, bytes
+  static constexpr size_t kStage = size_t{2} * kTile * kStride * 2;  // K and V tiles, bytes
   // Key-split merge: partial O [KW][rows][DH], (m, l) [KW][rows][2], weights [KW][rows],
   // 1 / l [rows] (floats).
   static constexpr size_t kMerge = size_t{kKW} * kRows * DH * 4 + size_t{kKW} * kRows * 2 * 4 +
@@ -208,27 +209,27 @@ __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 #endif
 }
 
-// NW warps; RW of them split the rows (16 each), the other NW / RW split each tile's keys.
-// TILE keys a shared-memory tile. STAGES: K/V tiles in flight + 1 (2: double buffering; 4 for
-// small decode batches, where one block walks a whole short context and the latency of each tile
-// is the cost).
-template <typename T, int DH, int NW, int RW, int TILE, int STAGES>
+// NW warps; RW of them split the rows (16 each), the other NW / RW split each tile's 16 * NW
+// keys. STAGES: K/V tiles in flight + 1 (2: double buffering; 3-4 where one block keeps more of
+// its context in flight: small decode batches walk a whole short context, and the latency of each
+// tile is the cost).
+template <typename T, int DH, int NW, int RW, int STAGES>
 __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, int G) {
   LaunchDependents();
 #if !defined(GLM_ATTN_MMA_ARCH)
   __trap();
 #else
-  using Smem = MmaSmem<DH, NW, RW, TILE, STAGES>;
+  using Smem = MmaSmem<DH, NW, RW, STAGES>;
   constexpr int kThreads = 32 * NW;
-  constexpr int kTile = TILE;
+  constexpr int kTile = Smem::kTile;
   constexpr int KW = Smem::kKW;
   constexpr int kRows = Smem::kRows;
-  constexpr int kWarpKeys = kTile / KW;  // 64, 32 or 16
+  constexpr int kWarpKeys = kTile / KW;  // 16 * RW
   constexpr int kNT = kWarpKeys / 8;     // S column tiles of a warp
   constexpr int kDT = DH / 8;            // O column tiles
   constexpr int kKS = DH / 16;           // k-steps of Q K^T
   constexpr int kStride = Smem::kStride;
-  static_assert(NW % RW == 0 && kWarpKeys % 16 == 0 && kWarpKeys * KW == kTile, "block shape");
+  static_assert(NW % RW == 0, "block shape");
   static_assert(STAGES >= 2 && STAGES <= 4, "stages");
   constexpr int kVecs = DH / 8;          // 16-byte vectors per row
   constexpr float kLog2e = 1.4426950408889634f;
@@ -237,9 +238,7 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
   uint16_t* tiles = reinterpret_cast<uint16_t*>(smem);  // [STAGES][K | V][kTile][kStride]
   __shared__ int row_pos[kRows];
 
-  // Grid (items, Hkv, splits), or (Hkv, items, splits) with a.kvh_fastest (the KV heads of one
-  // item run side by side: their keys share DRAM pages).
-  const int kvh = a.kvh_fastest ? blockIdx.x : blockIdx.y, split = blockIdx.z;
+  const int kvh = blockIdx.y, split = blockIdx.z;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int rw = warp % RW, kw = warp / RW;
   const int g = lane / 4, tq = lane % 4;
@@ -247,7 +246,7 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
   // tables (copied from the host before the step's first kernel) and the K/V of positions
   // cached by earlier steps. Q and the new tokens' K/V come from the QKV kernel just before.
   // Items in reverse order: the last items of a prompt see the most keys; start them first.
-  const int item = a.num_items - 1 - (a.kvh_fastest ? blockIdx.y : blockIdx.x);
+  const int item = a.num_items - 1 - blockIdx.x;
   const AttentionItem it(a, item, G);
   const int nrows = it.nrows, kv_len = it.kv_len;
   const int num_tiles = (kv_len + kTile - 1) / kTile;
@@ -570,16 +569,14 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
 #endif  // GLM_ATTN_MMA_ARCH
 }
 
-template <typename T, int DH, int NW, int RW, int TILE, int STAGES>
+template <typename T, int DH, int NW, int RW, int STAGES>
 cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
-  constexpr size_t smem = MmaSmem<DH, NW, RW, TILE, STAGES>::kBytes;
-  auto* kernel = AttentionMmaKernel<T, DH, NW, RW, TILE, STAGES>;
+  constexpr size_t smem = MmaSmem<DH, NW, RW, STAGES>::kBytes;
+  auto* kernel = AttentionMmaKernel<T, DH, NW, RW, STAGES>;
   static const cudaError_t attr_err = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
-  const dim3 grid =
-      a.kvh_fastest ? dim3(a.Hkv, a.num_items, a.splits) : dim3(a.num_items, a.Hkv, a.splits);
-  return LaunchKernel(kernel, grid, dim3(32 * NW), smem, stream, a, G);
+  return LaunchKernel(kernel, dim3(a.num_items, a.Hkv, a.splits), dim3(32 * NW), smem, stream, a, G);
 }
 
 template <typename T, int DH>
@@ -588,24 +585,16 @@ cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
   if (rows <= 16) {
     const int64_t blocks = int64_t{a.num_items} * a.Hkv * a.splits;
     const DecodeShape shape = PickDecodeShape(a, blocks, DeviceSmCount());
-    AttentionArgs d = a;
-    d.kvh_fastest = shape.kvh_fastest;
-    switch (shape.warps) {
-      case 8: return LaunchTyped<T, DH, 8, 1, 128, 2>(d, G, stream);
-      case 2:
-        if (shape.stages == 4) return LaunchTyped<T, DH, 2, 1, 32, 4>(d, G, stream);
-        if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 32, 3>(d, G, stream);
-        return LaunchTyped<T, DH, 2, 1, 32, 2>(d, G, stream);
-      default:
-        if (shape.stages == 4) return LaunchTyped<T, DH, 4, 1, 64, 4>(d, G, stream);
-        return LaunchTyped<T, DH, 4, 1, 64, 2>(d, G, stream);
+    if (shape.warps == 2) {
+      if (shape.stages == 4) return LaunchTyped<T, DH, 2, 1, 4>(a, G, stream);
+      if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 3>(a, G, stream);
+      return LaunchTyped<T, DH, 2, 1, 2>(a, G, stream);
     }
+    if (shape.stages == 4) return LaunchTyped<T, DH, 4, 1, 4>(a, G, stream);
+    return LaunchTyped<T, DH, 4, 1, 2>(a, G, stream);
   }
-  // Prefill items: (items, Hkv) order, items may exceed the grid's y limit.
-  AttentionArgs p = a;
-  p.kvh_fastest = false;
-  if (rows <= 32) return LaunchTyped<T, DH, 4, 2, 64, 2>(p, G, stream);
-  return LaunchTyped<T, DH, 4, 4, 64, 2>(p, G, stream);
+  if (rows <= 32) return LaunchTyped<T, DH, 4, 2, 2>(a, G, stream);
+  return LaunchTyped<T, DH, 4, 4, 2>(a, G, stream);
 }
 
 template <typename T>
@@ -622,28 +611,24 @@ cudaError_t LaunchDh(const AttentionArgs& a, int G, cudaStream_t stream) {
 
 DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count) {
   // Batches of at most one block per SM (small): 4 warps, 64-key tiles, 4 stages: a block keeps
-  // a short context in flight. Larger ones: 2 warps, 32-key tiles, 3 stages (52 KB of shared
-  // memory at Dh = 128, 4 blocks per SM: 256 sequences x 2 KV heads run in one wave with two
-  // tiles in flight a block; H200, 256 x (512/256): decode step 13.21 -> 12.82 ms and
-  // 12.76 -> 12.59 ms against 4 warps / 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md
-  // v8). The GLM_CUDA_ATTN_* variables are benchmark switches for A/B runs.
-  static const int small_warps = PositiveEnvOr("GLM_CUDA_ATTN_SMALL_WARPS", 4);
+  // a short context in flight (8 warps / 128-key tiles measured no better at bs1). Larger ones:
+  // 2 warps, 32-key tiles, 3 stages (52 KB of shared memory at Dh = 128, 4 blocks per SM: 256
+  // sequences x 2 KV heads run in one wave with two tiles in flight a block; H200,
+  // 256 x (512/256): decode step 13.21 -> 12.82 ms and 12.76 -> 12.59 ms against 4 warps /
+  // 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md v8). GLM_CUDA_ATTN_LARGE_WARPS /
+  // _STAGES are benchmark switches for A/B runs.
   static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
   static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
-  static const bool kvh_fastest = PositiveEnvOr("GLM_CUDA_ATTN_KVH_FASTEST", 0) == 1;
   const bool few = blocks <= sm_count;
   DecodeShape s;
-  s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? small_warps : large_warps);
-  if (s.warps != 2 && s.warps != 8) s.warps = 4;
+  s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
+  if (s.warps != 2) s.warps = 4;
   const int stages = a.stages != 0 ? a.stages : (few ? 4 : large_stages);
-  if (s.warps == 8) {
-    s.stages = 2;
-  } else if (s.warps == 2) {
+  if (s.warps == 2) {
     s.stages = stages == 3 || stages == 4 ? stages : 2;
   } else {
     s.stages = stages == 4 ? 4 : 2;
   }
-  s.kvh_fastest = a.kvh_fastest || kvh_fastest;
   return s;
 }
 

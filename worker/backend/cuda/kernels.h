@@ -89,12 +89,10 @@ struct AttentionArgs {
   // uses min(splits, ceil(64-key tiles / min_tiles_per_split)) splits per item.
   int min_tiles_per_split = 4;
   // Block shape of the tensor-core decode kernel (PickDecodeShape): warps 0 picks; 2 (32-key
-  // tiles), 4 (64-key) or 8 (128-key) force it. Pipeline depth: 0 picks; 2, 3, 4 (2 warps) or
-  // 2, 4 (4 warps) force it. kvh_fastest: blocks ordered KV head first (decode only). Tests force
-  // them; production leaves them at their defaults.
+  // tiles) or 4 (64-key) force it. Pipeline depth: 0 picks; 2, 3, 4 (2 warps) or 2, 4 (4 warps)
+  // force it. Tests force them; production leaves them 0.
   int decode_warps = 0;
   int stages = 0;
-  bool kvh_fastest = false;
   int T = 0;
 };
 // Tokens one prefill work item holds for G query heads per KV head.
@@ -111,7 +109,6 @@ bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
 struct DecodeShape {
   int warps = 4;
   int stages = 2;
-  bool kvh_fastest = false;
 };
 DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count);
 cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
