@@ -579,6 +579,36 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   return LaunchKernel(kernel, dim3(a.num_items, a.Hkv, a.splits), dim3(32 * NW), smem, stream, a, G);
 }
 
+// The block shape for decode items (<= 16 rows) launched as `blocks` blocks on `sm_count` SMs:
+// a.decode_warps / a.stages when set, else the automatic choice.
+struct DecodeShape {
+  int warps = 4;
+  int stages = 2;
+};
+
+DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count) {
+  // Batches of at most one block per SM (small): 4 warps, 64-key tiles, 4 stages: a block keeps
+  // a short context in flight (8 warps / 128-key tiles measured no better at bs1). Larger ones:
+  // 2 warps, 32-key tiles, 3 stages (52 KB of shared memory at Dh = 128, 4 blocks per SM: 256
+  // sequences x 2 KV heads run in one wave with two tiles in flight a block; H200,
+  // 256 x (512/256): decode step 13.21 -> 12.82 ms and 12.76 -> 12.59 ms against 4 warps /
+  // 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md v8). GLM_CUDA_ATTN_LARGE_WARPS /
+  // _STAGES are benchmark switches for A/B runs.
+  static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
+  static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
+  const bool few = blocks <= sm_count;
+  DecodeShape s;
+  s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
+  if (s.warps != 2) s.warps = 4;
+  const int stages = a.stages != 0 ? a.stages : (few ? 4 : large_stages);
+  if (s.warps == 2) {
+    s.stages = stages == 3 || stages == 4 ? stages : 2;
+  } else {
+    s.stages = stages == 4 ? 4 : 2;
+  }
+  return s;
+}
+
 template <typename T, int DH>
 cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
   const int rows = a.tokens_per_item * G;
@@ -608,29 +638,6 @@ cudaError_t LaunchDh(const AttentionArgs& a, int G, cudaStream_t stream) {
 }
 
 }  // namespace
-
-DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count) {
-  // Batches of at most one block per SM (small): 4 warps, 64-key tiles, 4 stages: a block keeps
-  // a short context in flight (8 warps / 128-key tiles measured no better at bs1). Larger ones:
-  // 2 warps, 32-key tiles, 3 stages (52 KB of shared memory at Dh = 128, 4 blocks per SM: 256
-  // sequences x 2 KV heads run in one wave with two tiles in flight a block; H200,
-  // 256 x (512/256): decode step 13.21 -> 12.82 ms and 12.76 -> 12.59 ms against 4 warps /
-  // 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md v8). GLM_CUDA_ATTN_LARGE_WARPS /
-  // _STAGES are benchmark switches for A/B runs.
-  static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
-  static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
-  const bool few = blocks <= sm_count;
-  DecodeShape s;
-  s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
-  if (s.warps != 2) s.warps = 4;
-  const int stages = a.stages != 0 ? a.stages : (few ? 4 : large_stages);
-  if (s.warps == 2) {
-    s.stages = stages == 3 || stages == 4 ? stages : 2;
-  } else {
-    s.stages = stages == 4 ? 4 : 2;
-  }
-  return s;
-}
 
 bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& a) {
   const int G = a.Hkv > 0 ? a.H / a.Hkv : 0;

@@ -88,7 +88,7 @@ struct AttentionArgs {
   // With split_counters (in-kernel combine, decode items of <= 16 rows): the tensor-core kernel
   // uses min(splits, ceil(64-key tiles / min_tiles_per_split)) splits per item.
   int min_tiles_per_split = 4;
-  // Block shape of the tensor-core decode kernel (PickDecodeShape): warps 0 picks; 2 (32-key
+  // Block shape of the tensor-core decode kernel (attention_mma.cu's PickDecodeShape): warps 0 picks; 2 (32-key
   // tiles) or 4 (64-key) force it. Pipeline depth: 0 picks; 2, 3, 4 (2 warps) or 2, 4 (4 warps)
   // force it. Tests force them; production leaves them 0.
   int decode_warps = 0;
@@ -104,13 +104,6 @@ cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& args, c
 // act == weight, Dh in {32, 64, 128}, at most 64 query rows per item, sm80+.
 // LaunchPagedAttention picks it by itself where it applies.
 bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
-// The tensor-core kernel's block shape for decode items (<= 16 rows) launched as `blocks`
-// blocks on `sm_count` SMs: a.decode_warps / a.stages when set, else the automatic choice.
-struct DecodeShape {
-  int warps = 4;
-  int stages = 2;
-};
-DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count);
 cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
 // Whether LaunchAttentionMma merges the flash-decoding splits inside the kernel (decode items of
 // <= 16 rows, given split_counters); otherwise the partials need LaunchAttentionCombine.
