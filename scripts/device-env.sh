@@ -5,7 +5,9 @@
 #   source scripts/device-env.sh && cmake -S . -B build-gpu -DGLM_WITH_GRPC=OFF ...
 GLM_DEPS_PREFIX=${GLM_DEPS_PREFIX:-/opt/glm-deps}
 _glm_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-if [ ! -f "$GLM_DEPS_PREFIX/.unpacked" ]; then
+if ! compgen -G "$_glm_root/.debs/*.deb" >/dev/null; then
+  echo "device-env.sh: no .debs/*.deb here: run scripts/fetch-device-debs.sh and carry .debs" >&2
+elif [ ! -f "$GLM_DEPS_PREFIX/.unpacked" ]; then
   mkdir -p "$GLM_DEPS_PREFIX"
   for deb in "$_glm_root"/.debs/*.deb; do dpkg -x "$deb" "$GLM_DEPS_PREFIX"; done
   touch "$GLM_DEPS_PREFIX/.unpacked"

@@ -5,6 +5,7 @@
 #     [ab-VAR[=VALUE][,VAR2=VALUE2]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0:
 #     an A/B of GLM_CUDA_* switches) [ab1-...] (the same, bs1 decode and TTFT only, with
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
+#     [ncu-256] (the same for the 256-wide decode attention)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -94,6 +95,21 @@ for what in "$@"; do
         echo "ncu $k: rc=$?"
         grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Stall|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit" "$OUT/ncu_$k.txt" | head -80
       done ;;
+    ncu-256)
+      # Nsight Compute on the large-batch decode attention (2 warps, 3 stages: only the 256-wide
+      # decode steps of the offline-throughput run launch it): two launches after the first two
+      # steps, with the stall reasons.
+      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      timeout 300 "$ncu" --clock-control none --kernel-name-base demangled \
+        --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3>" --launch-skip 80 --launch-count 2 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+        --section WarpStateStats --section LaunchStats --section SchedulerStats \
+        --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len 8 \
+        >"$OUT/ncu_attn256.txt" 2>&1
+      echo "ncu attention 256: rc=$?"
+      grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_attn256.txt" | head -80 ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;

@@ -84,6 +84,15 @@ struct Vec16<__half> {
   }
 };
 
+// GLM's rotation of the pair (x0, x1) by the angle with cosine c and sine s, without contraction
+// (the same bits in every kernel that applies it: the rotary kernels and the QKV GEMV epilogue).
+__device__ __forceinline__ void RotatePair(float& x0, float& x1, float c, float s) {
+  const float r0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+  const float r1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s));
+  x0 = r0;
+  x1 = r1;
+}
+
 __device__ __forceinline__ float WarpSum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -25,7 +25,7 @@ namespace {
 
 constexpr int kMaxCandidates = 16;
 constexpr double kTuneBudgetMs = 20.0;     // timing per key (less first-use kernel loads)
-constexpr double kTuneHardCapMs = 100.0;   // the whole key, loads included
+constexpr double kTuneHardCapMs = 100.0;   // the whole key, loads included (at least 5x the budget)
 constexpr int32_t kSplits[] = {2, 3, 4, 6, 8};  // split-K variants tried
 constexpr int kMinSplitK = 256;            // K per split at least
 constexpr float kDropFactor = 1.5f;     // one timed run this much slower than the best: dropped
@@ -75,7 +75,27 @@ std::string KeyString(int M, int N, int K, DType act, DType weight, bool alpha_d
                          DTypeName(weight), DTypeName(act), alpha_dev ? "device" : "host");
 }
 
+// A positive integer from the environment, else the fallback (benchmark switches).
+int EnvIntOr(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  return end != v && *end == '\0' && n > 0 && n <= (1 << 24) ? static_cast<int>(n) : fallback;
+}
+
+// GLM_CUDA_LT_BUDGET_MS: the timing budget per key (prefill-sized keys need more than the default).
+double TuneBudgetMs() {
+  static const double ms = EnvIntOr("GLM_CUDA_LT_BUDGET_MS", static_cast<int>(kTuneBudgetMs));
+  return ms;
+}
+
 }  // namespace
+
+int LtGemmTuner::MaxM() {
+  static const int m = std::max(kMinM, EnvIntOr("GLM_CUDA_LT_MAX_M", kMaxM));
+  return m;
+}
 
 bool LtGemmTuner::EnabledByEnv() {
   const char* v = std::getenv("GLM_CUDA_LT_TUNE");
@@ -208,7 +228,7 @@ absl::Status LtGemmTuner::Run(cudaStream_t stream, cuda::KernelTypes types, cons
                               const void* w, void* y, int M, int N, int K, const float* alpha_dev) {
   if (!Handles(M)) {
     return absl::InvalidArgumentError(absl::StrFormat(
-        "LtGemmTuner handles M in [%d, %d] only, got M=%d (use cublasGemmEx / the GEMV)", kMinM, kMaxM, M));
+        "LtGemmTuner handles M in [%d, %d] only, got M=%d (use cublasGemmEx / the GEMV)", kMinM, MaxM(), M));
   }
   if (N <= 0 || K <= 0) {
     return absl::InvalidArgumentError(absl::StrFormat("LtGemmTuner: bad GEMM shape N=%d K=%d", N, K));
@@ -309,7 +329,8 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
   int tried = 0, timed = 0;
   auto over_budget = [&] {
     return std::isfinite(best_ms) &&
-           (spent_ms + last_cost_ms > kTuneBudgetMs || ms_since(start) > kTuneHardCapMs);
+           (spent_ms + last_cost_ms > TuneBudgetMs() ||
+            ms_since(start) > std::max(kTuneHardCapMs, 5 * TuneBudgetMs()));
   };
   auto time_candidate = [&](Candidate& c) -> absl::Status {
     const Clock::time_point t0 = Clock::now();

@@ -52,10 +52,12 @@ inline cudaDataType_t CudaDataType(DType dt) {
 class LtGemmTuner {
  public:
   // The M range the tuner takes: above the GEMV's (M <= 4), up to decode buckets and small mixed
-  // steps. Larger M (prefill) stay on cublasGemmEx; Run refuses M outside.
+  // steps. Larger M (prefill) stay on cublasGemmEx; Run refuses M outside. GLM_CUDA_LT_MAX_M
+  // (a benchmark switch, read once) moves the upper bound, e.g. to time prefill-sized GEMMs.
   static constexpr int kMinM = 5;
   static constexpr int kMaxM = 512;
-  static bool Handles(int M) { return M >= kMinM && M <= kMaxM; }
+  static int MaxM();
+  static bool Handles(int M) { return M >= kMinM && M <= MaxM(); }
   // False when GLM_CUDA_LT_TUNE=0 (A/B measurements against plain cublasGemmEx).
   static bool EnabledByEnv();
 

@@ -136,10 +136,7 @@ __device__ __forceinline__ void GemvQkvRotaryPair(const GemvQkvArgs& qa, Out* __
   if (!is_v && 2 * pair < qa.rot_dim) {
     float s, c;
     sincosf(pos * qa.inv_freq[pair], &s, &c);
-    const float r0 = x0 * c - x1 * s;
-    const float r1 = x1 * c + x0 * s;
-    x0 = r0;
-    x1 = r1;
+    RotatePair(x0, x1, c, s);
   }
   if (head < qa.H) {
     Out* row = y + static_cast<int64_t>(m) * width;

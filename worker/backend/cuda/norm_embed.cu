@@ -88,8 +88,9 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 
 // AddRmsNormKernel on 16-byte vectors (D a multiple of the vector width), the shared row code of
 // norm_row.cuh: every load of a pass can be in flight at once (the shared-memory kernel's loops
-// issue one dependent load after another).
-template <typename Act, typename Weight>
+// issue one dependent load after another). kPer > 0: the row in registers (AddRmsNormRowRegs,
+// D / kV <= kPer * kRowThreads; one pass over memory); 0: AddRmsNormRow (any D).
+template <typename Act, typename Weight, int kPer>
 __global__ void __launch_bounds__(kRowThreads)
 AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
@@ -100,23 +101,25 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
-  AddRmsNormRow<Act, Weight, kRowThreads>(res, delta ? delta + static_cast<int64_t>(r) * D : nullptr,
-                                          post_weight, weight, res, out + static_cast<int64_t>(i) * D,
-                                          D, eps, scratch);
+  const Act* del = delta ? delta + static_cast<int64_t>(r) * D : nullptr;
+  Act* o = out + static_cast<int64_t>(i) * D;
+  if constexpr (kPer > 0) {
+    AddRmsNormRowRegs<Act, Weight, kRowThreads, kPer>(res, del, post_weight, weight, res, o, D, eps, scratch);
+  } else {
+    AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_weight, weight, res, o, D, eps, scratch);
+  }
 }
 
-// SiluMulKernel on 16-byte vectors (F a multiple of the vector width).
+// SiluMulKernel on 16-byte vectors (F a multiple of the vector width): blockIdx.x / threadIdx.x
+// walk a row's vectors, blockIdx.y the rows (no 64-bit division a vector).
 template <typename Act>
-__global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F,
-                                 int64_t nvec) {
+__global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
   constexpr int kV = TVec<Act>::kN;
   GridDependencyWait();
   LaunchDependents();
-  const int fv = F / kV;
-  for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < nvec;
-       v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t t = v / fv;
-    const int j = static_cast<int>(v % fv) * kV;
+  const int j = (blockIdx.x * blockDim.x + threadIdx.x) * kV;
+  if (j >= F) return;
+  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
     float g[kV], u[kV], y[kV];
     TVec<Act>::Load(gate_up + t * 2 * F + j, g);
     TVec<Act>::Load(gate_up + t * 2 * F + F + j, u);
@@ -218,8 +221,14 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
   if (D > 12288) return cudaErrorInvalidValue;  // row staged in 48 KB of shared memory
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
   return GLM_DISPATCH_TYPES(types, {
-    if (D % TVec<Act>::kN == 0) {
-      return LaunchKernel(AddRmsNormVecKernel<Act, Weight>, rows, kRowThreads, 0, stream,
+    constexpr int kV = TVec<Act>::kN;
+    if (D % kV == 0) {
+      const int per = (D / kV + kRowThreads - 1) / kRowThreads;  // vectors a thread
+      auto* kernel = per <= 1   ? AddRmsNormVecKernel<Act, Weight, 1>
+                     : per <= 2 ? AddRmsNormVecKernel<Act, Weight, 2>
+                     : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4>
+                                : AddRmsNormVecKernel<Act, Weight, 0>;
+      return LaunchKernel(kernel, rows, kRowThreads, 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
                           static_cast<Act*>(out), row_index, D, eps);
@@ -238,8 +247,9 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   return GLM_DISPATCH_TYPES(types, {
     constexpr int kV = TVec<Act>::kN;
     if (F % kV == 0) {
-      return LaunchKernel(SiluMulVecKernel<Act>, GridFor(n / kV, 256), 256, 0, stream,
-                          static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n / kV);
+      const dim3 grid((F / kV + 255) / 256, T < 65535 ? T : 65535);
+      return LaunchKernel(SiluMulVecKernel<Act>, grid, 256, 0, stream,
+                          static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, T);
     }
     return LaunchKernel(SiluMulKernel<Act>, GridFor(n, 256), 256, 0, stream,
                         static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, n);

@@ -100,5 +100,69 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
   }
 }
 
+// AddRmsNormRow with the row held in registers (kPer vectors a thread, D / kV <= kPer * kThreads):
+// one pass of loads, all in flight at once, no staging row. The same thread-to-vector map and
+// summation order, so the same bits as AddRmsNormRow (kernels_test checks it through the
+// standalone kernel and the GEMV prologue). res_out may equal res_in.
+template <typename Act, typename Weight, int kThreads, int kPer>
+__device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Weight* post_w,
+                                  const Weight* w, Act* res_out, Act* out, int D, float eps,
+                                  float* scratch /* [32] */) {
+  constexpr int kV = TVec<Act>::kN;
+  const int nvec = D / kV;
+  float x[kPer][kV], d[kPer][kV];
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    const int v = threadIdx.x + p * kThreads;
+    if (v < nvec) {
+      TVec<Act>::Load(res_in + v * kV, x[p]);
+      if (delta != nullptr) TVec<Act>::Load(delta + v * kV, d[p]);
+    }
+  }
+  float inv_post = 0.f;
+  if (delta != nullptr && post_w != nullptr) {
+    float ss = 0.f;
+#pragma unroll
+    for (int p = 0; p < kPer; ++p) {
+      if (threadIdx.x + p * kThreads < nvec) {
+#pragma unroll
+        for (int e = 0; e < kV; ++e) ss = fmaf(d[p][e], d[p][e], ss);
+      }
+    }
+    inv_post = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    const int v = threadIdx.x + p * kThreads;
+    if (v >= nvec) continue;
+    if (delta != nullptr) {
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        if (post_w != nullptr) {
+          const float normed =
+              __fmul_rn(RoundTo<Act>(__fmul_rn(d[p][e], inv_post)), ToFloat(post_w[v * kV + e]));
+          x[p][e] = RoundTo<Act>(__fadd_rn(x[p][e], RoundTo<Act>(normed)));
+        } else {
+          x[p][e] = RoundTo<Act>(__fadd_rn(x[p][e], d[p][e]));
+        }
+      }
+      if (res_out != nullptr) TVec<Act>::Store(res_out + v * kV, x[p]);
+    }
+#pragma unroll
+    for (int e = 0; e < kV; ++e) ss = fmaf(x[p][e], x[p][e], ss);
+  }
+  const float inv = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
+#pragma unroll
+  for (int p = 0; p < kPer; ++p) {
+    const int v = threadIdx.x + p * kThreads;
+    if (v >= nvec) continue;
+    float y[kV];
+#pragma unroll
+    for (int e = 0; e < kV; ++e) y[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[p][e], inv)), ToFloat(w[v * kV + e]));
+    TVec<Act>::Store(out + v * kV, y);
+  }
+}
+
 }  // namespace cuda
 }  // namespace glm

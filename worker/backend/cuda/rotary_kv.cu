@@ -6,6 +6,7 @@
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
+#include "worker/backend/cuda/norm_row.cuh"
 
 namespace glm {
 namespace cuda {
@@ -40,10 +41,7 @@ __global__ void RotaryKvWriteKernel(Act* __restrict__ qkv, const Weight* __restr
     if (!is_v && 2 * pair < rot_dim) {
       float s, c;
       sincosf(pos * inv_freq[pair], &s, &c);
-      const float r0 = x0 * c - x1 * s;
-      const float r1 = x1 * c + x0 * s;
-      x0 = r0;
-      x1 = r1;
+      RotatePair(x0, x1, c, s);
     }
     if (head < H) {
       row[col] = FromFloat<Act>(x0);
@@ -58,6 +56,64 @@ __global__ void RotaryKvWriteKernel(Act* __restrict__ qkv, const Weight* __restr
   }
 }
 
+// RotaryKvWriteKernel on 16-byte vectors of Act (Dh a multiple of the vector width, so a vector
+// never straddles two heads): the token's cos/sin are computed once into shared memory (the
+// scalar kernel recomputes them for every head), then each thread handles whole vectors. The
+// same arithmetic per element, so the same bits.
+constexpr int kMaxRotPairs = 128;
+template <typename Act, typename Weight>
+__global__ void RotaryKvWriteVecKernel(Act* __restrict__ qkv, const Weight* __restrict__ bias,
+                                       Weight* __restrict__ k_cache, Weight* __restrict__ v_cache,
+                                       const int32_t* __restrict__ positions,
+                                       const int32_t* __restrict__ slots,
+                                       const float* __restrict__ inv_freq, int H, int Hkv, int Dh,
+                                       int rot_dim) {
+  constexpr int kV = TVec<Act>::kN;
+  __shared__ float sin_tab[kMaxRotPairs], cos_tab[kMaxRotPairs];
+  GridDependencyWait();
+  LaunchDependents();
+  const int t = blockIdx.x;
+  const int width = (H + 2 * Hkv) * Dh;
+  const int64_t slot = slots[t];
+  const float pos = static_cast<float>(positions[t]);
+  for (int p = threadIdx.x; p < rot_dim / 2; p += blockDim.x) sincosf(pos * inv_freq[p], &sin_tab[p], &cos_tab[p]);
+  __syncthreads();
+  Act* row = qkv + static_cast<int64_t>(t) * width;
+  for (int v = threadIdx.x; v < width / kV; v += blockDim.x) {
+    const int col = v * kV;
+    const int head = col / Dh;  // 0..H-1 q, H..H+Hkv-1 k, then v
+    const int dim = col % Dh;
+    const bool is_v = head >= H + Hkv;
+    if (head >= H && slot < 0) continue;  // a K/V row of a token with no cache slot
+    float x[kV];
+    TVec<Act>::Load(row + col, x);
+#pragma unroll
+    for (int e = 0; e < kV; e += 2) {
+      float x0 = x[e], x1 = x[e + 1];
+      if (bias) {
+        x0 = RoundTo<Act>(x0 + ToFloat(bias[col + e]));
+        x1 = RoundTo<Act>(x1 + ToFloat(bias[col + e + 1]));
+      }
+      const int pair = (dim + e) / 2;
+      if (!is_v && 2 * pair < rot_dim) RotatePair(x0, x1, cos_tab[pair], sin_tab[pair]);
+      x[e] = x0;
+      x[e + 1] = x1;
+    }
+    if (head < H) {
+      TVec<Act>::Store(row + col, x);
+    } else {
+      const int kvh = is_v ? head - H - Hkv : head - H;
+      Weight* dst = (is_v ? v_cache : k_cache) + (slot * Hkv + kvh) * Dh + dim;
+      if constexpr (sizeof(Weight) == sizeof(Act)) {
+        TVec<Weight>::Store(dst, x);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kV; ++e) dst[e] = FromFloat<Weight>(x[e]);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchRotaryKvWrite(KernelTypes types, void* qkv, const void* bias, void* k_cache,
@@ -67,6 +123,12 @@ cudaError_t LaunchRotaryKvWrite(KernelTypes types, void* qkv, const void* bias, 
   if (T == 0) return cudaSuccess;
   if (Dh % 2 != 0 || rot_dim % 2 != 0 || rot_dim > Dh) return cudaErrorInvalidValue;
   return GLM_DISPATCH_TYPES(types, {
+    if (Dh % TVec<Act>::kN == 0 && rot_dim / 2 <= kMaxRotPairs) {
+      return LaunchKernel(RotaryKvWriteVecKernel<Act, Weight>, T, 128, 0, stream,
+                          static_cast<Act*>(qkv), static_cast<const Weight*>(bias),
+                          static_cast<Weight*>(k_cache), static_cast<Weight*>(v_cache), positions,
+                          slots, inv_freq, H, Hkv, Dh, rot_dim);
+    }
     return LaunchKernel(RotaryKvWriteKernel<Act, Weight>, T, 256, 0, stream,
                         static_cast<Act*>(qkv), static_cast<const Weight*>(bias),
                         static_cast<Weight*>(k_cache), static_cast<Weight*>(v_cache), positions,
