@@ -214,7 +214,7 @@ __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 // its context in flight: small decode batches walk a whole short context, and the latency of each
 // tile is the cost).
 template <typename T, int DH, int NW, int RW, int STAGES>
-__global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, int G) {
+__global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(AttentionArgs a, int G) {
   LaunchDependents();
 #if !defined(GLM_ATTN_MMA_ARCH)
   __trap();
@@ -273,16 +273,36 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
   const int per_split = (num_tiles + splits - 1) / splits;
   const int tile_begin = min(num_tiles, split * per_split);
   const int tile_end = min(num_tiles, tile_begin + per_split);
+  // Thread tid copies 16-byte column c0 of the tile rows t0, t0 + kRowStep, ...: the offsets
+  // that do not depend on the tile are computed once, and a power-of-two block size (the
+  // engine's) maps a key to its cache slot with shifts (the per-key integer division and 64-bit
+  // arithmetic were most of the instructions of a decode tile; the kernel is issue-bound at
+  // 8 warps an SM).
+  static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "tile copy map");
+  constexpr int kRowStep = kThreads / kVecs;
+  constexpr int kCopyRows = kTile / kRowStep;  // tile rows a thread copies
+  const int t0 = tid / kVecs, c0 = (tid % kVecs) * 8;
+  const int64_t slot_stride = static_cast<int64_t>(a.Hkv) * DH;
+  const int64_t col0 = static_cast<int64_t>(kvh) * DH + c0;
+  const int bs = a.block_size;
+  const bool bs_pow2 = (bs & (bs - 1)) == 0;
+  const int bs_shift = __ffs(bs) - 1;
+  const int32_t* table = it.block_table;
   auto load_tile = [&](int tile, int stage) {
-    uint16_t* k_dst = tiles + stage * 2 * kTile * kStride;
+    uint16_t* k_dst = tiles + stage * 2 * kTile * kStride + t0 * kStride + c0;
     uint16_t* v_dst = k_dst + kTile * kStride;
-    for (int v = tid; v < kTile * kVecs; v += kThreads) {
-      const int t = v / kVecs, c = (v % kVecs) * 8;
-      const int j = tile * kTile + t;
+#pragma unroll
+    for (int i = 0; i < kCopyRows; ++i) {
+      const int j = tile * kTile + t0 + i * kRowStep;
       const bool valid = j < kv_len;
-      const int64_t base = valid ? (it.Slot(j) * a.Hkv + kvh) * DH + c : 0;
-      CpAsync16(k_dst + t * kStride + c, kc + base, valid);
-      CpAsync16(v_dst + t * kStride + c, vc + base, valid);
+      int64_t base = 0;
+      if (valid) {
+        const int64_t slot = bs_pow2 ? (static_cast<int64_t>(table[j >> bs_shift]) << bs_shift) | (j & (bs - 1))
+                                     : it.Slot(j);
+        base = slot * slot_stride + col0;
+      }
+      CpAsync16(k_dst + i * kRowStep * kStride, kc + base, valid);
+      CpAsync16(v_dst + i * kRowStep * kStride, vc + base, valid);
     }
     CpAsyncCommit();
   };
@@ -370,17 +390,31 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
     const int j0 = tile * kTile + key0;
     // Rows of this warp that see at least one of its keys (causal): else skip the math.
     if (__any_sync(0xffffffffu, j0 <= max(pos_lo, pos_hi))) {  // warp-uniform: MMAs are collective
-      float s[kNT][4];
-#pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+      // Decode (kNT <= 2 column tiles): two accumulators per S column tile (even and odd
+      // k-steps), summed at the end: twice the independent MMA chains (at 2 warps a scheduler
+      // the chain latency is the cost). Prefill warps have kNT = 8 chains already.
+      constexpr bool kSplitChains = kNT <= 2;
+      float s[kNT][4], s_odd[kNT][4];
 #pragma unroll
       for (int nt = 0; nt < kNT; ++nt) {
 #pragma unroll
-        for (int ks = 0; ks < kKS; ks += 2) {
+        for (int e = 0; e < 4; ++e) s[nt][e] = s_odd[nt][e] = 0.f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kKS; ks += 2) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
           uint32_t b[4];
           LdMatrixX4(b, k_t + (key0 + nt * 8 + lane % 8) * kStride + ks * 16 + 8 * (lane / 8));
           Mma16816<T>(s[nt], qa[ks], b[0], b[1]);
-          Mma16816<T>(s[nt], qa[ks + 1], b[2], b[3]);
+          Mma16816<T>(kSplitChains ? s_odd[nt] : s[nt], qa[ks + 1], b[2], b[3]);
+        }
+      }
+      if constexpr (kSplitChains) {
+#pragma unroll
+        for (int nt = 0; nt < kNT; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[nt][e] += s_odd[nt][e];
         }
       }
       float mx_lo = -INFINITY, mx_hi = -INFINITY;
@@ -419,12 +453,16 @@ __global__ void __launch_bounds__(32 * NW) AttentionMmaKernel(AttentionArgs a, i
       }
       l_lo = l_lo * corr_lo + sum_lo;  // per-lane partial sums; the quad adds them up at the end
       l_hi = l_hi * corr_hi + sum_hi;
+      // Rescale O only where a row's running max moved (multiplying by 1 changes nothing; the
+      // test is warp-uniform, so late tiles of a long context usually skip the 4 * kDT multiplies).
+      if (!__all_sync(0xffffffffu, corr_lo == 1.f && corr_hi == 1.f)) {
 #pragma unroll
-      for (int dt = 0; dt < kDT; ++dt) {
-        o[dt][0] *= corr_lo;
-        o[dt][1] *= corr_lo;
-        o[dt][2] *= corr_hi;
-        o[dt][3] *= corr_hi;
+        for (int dt = 0; dt < kDT; ++dt) {
+          o[dt][0] *= corr_lo;
+          o[dt][1] *= corr_lo;
+          o[dt][2] *= corr_hi;
+          o[dt][3] *= corr_hi;
+        }
       }
 #pragma unroll
       for (int kk = 0; kk < kWarpKeys / 16; ++kk) {

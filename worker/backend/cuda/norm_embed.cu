@@ -2,6 +2,8 @@
 // fp16-safe per-tensor scaling: the elementwise/row-wise kernels of a GLM-4 layer.
 #include <cuda_fp16.h>
 
+#include <algorithm>
+
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -119,16 +121,29 @@ __global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restric
   LaunchDependents();
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * kV;
   if (j >= F) return;
-  for (int64_t t = blockIdx.y; t < T; t += gridDim.y) {
-    float g[kV], u[kV], y[kV];
-    TVec<Act>::Load(gate_up + t * 2 * F + j, g);
-    TVec<Act>::Load(gate_up + t * 2 * F + F + j, u);
+  // Rows t and t + gridDim.y an iteration: both rows' loads in flight together.
+  for (int64_t t0 = blockIdx.y; t0 < T; t0 += 2 * static_cast<int64_t>(gridDim.y)) {
+    float g[2][kV], u[2][kV];
 #pragma unroll
-    for (int e = 0; e < kV; ++e) {
-      const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
-      y[e] = silu * u[e];
+    for (int r = 0; r < 2; ++r) {
+      const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
+      if (t < T) {
+        TVec<Act>::Load(gate_up + t * 2 * F + j, g[r]);
+        TVec<Act>::Load(gate_up + t * 2 * F + F + j, u[r]);
+      }
     }
-    TVec<Act>::Store(out + t * F + j, y);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
+      if (t >= T) continue;
+      float y[kV];
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        const float silu = RoundTo<Act>(g[r][e] / (1.f + expf(-g[r][e])));
+        y[e] = silu * u[r][e];
+      }
+      TVec<Act>::Store(out + t * F + j, y);
+    }
   }
 }
 
@@ -247,7 +262,10 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   return GLM_DISPATCH_TYPES(types, {
     constexpr int kV = TVec<Act>::kN;
     if (F % kV == 0) {
-      const dim3 grid((F / kV + 255) / 256, T < 65535 ? T : 65535);
+      // About 32 blocks of 256 threads an SM (the rows beyond loop inside a block).
+      const int gx = (F / kV + 255) / 256;
+      const int gy = std::max(1, std::min(T, 32 * DeviceSmCount() / gx));
+      const dim3 grid(gx, std::min(gy, 65535));
       return LaunchKernel(SiluMulVecKernel<Act>, grid, 256, 0, stream,
                           static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, T);
     }

@@ -85,14 +85,15 @@ __global__ void RotaryKvWriteVecKernel(Act* __restrict__ qkv, const Weight* __re
     const int dim = col % Dh;
     const bool is_v = head >= H + Hkv;
     if (head >= H && slot < 0) continue;  // a K/V row of a token with no cache slot
-    float x[kV];
+    float x[kV], b[kV];
     TVec<Act>::Load(row + col, x);
+    if (bias) LoadWeights<Weight, kV>(bias + col, b);
 #pragma unroll
     for (int e = 0; e < kV; e += 2) {
       float x0 = x[e], x1 = x[e + 1];
       if (bias) {
-        x0 = RoundTo<Act>(x0 + ToFloat(bias[col + e]));
-        x1 = RoundTo<Act>(x1 + ToFloat(bias[col + e + 1]));
+        x0 = RoundTo<Act>(x0 + b[e]);
+        x1 = RoundTo<Act>(x1 + b[e + 1]);
       }
       const int pair = (dim + e) / 2;
       if (!is_v && 2 * pair < rot_dim) RotatePair(x0, x1, cos_tab[pair], sin_tab[pair]);
