@@ -5,7 +5,8 @@
 #     [ab-VAR[=VALUE][,VAR2=VALUE2]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0:
 #     an A/B of GLM_CUDA_* switches) [ab1-...] (the same, bs1 decode and TTFT only, with
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
-#     [ncu-256] (the same for the 256-wide decode attention)
+#     [ncu-256] (the same for the 256-wide decode attention) [ncu-elementwise] (and for the
+#     prefill-sized norm, SiLU and rotary kernels)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -110,6 +111,21 @@ for what in "$@"; do
         >"$OUT/ncu_attn256.txt" 2>&1
       echo "ncu attention 256: rc=$?"
       grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_attn256.txt" | head -80 ;;
+    ncu-elementwise)
+      # Nsight Compute on the prefill-sized (8192-token step) residual-add + RMSNorm, SiLU-and-
+      # multiply and rotary kernels of the offline-throughput prefill.
+      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      timeout 300 "$ncu" --clock-control none \
+        --kernel-name "regex:AddRmsNormVecKernel|SiluMulVecKernel|RotaryKvWriteVecKernel" \
+        --launch-skip 1200 --launch-count 8 \
+        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+        --section WarpStateStats --section LaunchStats \
+        --metrics "dram__bytes_read.sum,dram__bytes_write.sum,regex:smsp__average_warps_issue_stalled_(long_scoreboard|barrier|wait|lg_throttle|drain|membar|short_scoreboard)_per_issue_active\.ratio" \
+        $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len 4 \
+        >"$OUT/ncu_elementwise.txt" 2>&1
+      echo "ncu elementwise: rc=$?"
+      grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp|L2 Hit|stalled_[a-z_]*_per_issue_active.ratio" "$OUT/ncu_elementwise.txt" | head -150 ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
