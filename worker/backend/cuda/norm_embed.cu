@@ -92,8 +92,9 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 // norm_row.cuh: every load of a pass can be in flight at once (the shared-memory kernel's loops
 // issue one dependent load after another). kPer > 0: the row in registers (AddRmsNormRowRegs,
 // D / kV <= kPer * kRowThreads; one pass over memory); 0: AddRmsNormRow (any D).
+// Six blocks an SM at least (75% occupancy; the register count at no bound gave four).
 template <typename Act, typename Weight, int kPer>
-__global__ void __launch_bounds__(kRowThreads)
+__global__ void __launch_bounds__(kRowThreads, kPer <= 2 ? 6 : 4)
 AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
                     Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps) {
@@ -115,7 +116,7 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 // SiluMulKernel on 16-byte vectors (F a multiple of the vector width): blockIdx.x / threadIdx.x
 // walk a row's vectors, blockIdx.y the rows (no 64-bit division a vector).
 template <typename Act>
-__global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
+__global__ void __launch_bounds__(256, 6) SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
   constexpr int kV = TVec<Act>::kN;
   GridDependencyWait();
   LaunchDependents();
@@ -123,24 +124,26 @@ __global__ void SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restric
   if (j >= F) return;
   // Rows t and t + gridDim.y an iteration: both rows' loads in flight together.
   for (int64_t t0 = blockIdx.y; t0 < T; t0 += 2 * static_cast<int64_t>(gridDim.y)) {
-    float g[2][kV], u[2][kV];
+    int4 gr[2], ur[2];  // packed until used (registers: occupancy)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
       if (t < T) {
-        TVec<Act>::Load(gate_up + t * 2 * F + j, g[r]);
-        TVec<Act>::Load(gate_up + t * 2 * F + F + j, u[r]);
+        gr[r] = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + j);
+        ur[r] = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + F + j);
       }
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
       if (t >= T) continue;
-      float y[kV];
+      float g[kV], u[kV], y[kV];
+      Vec16<Act>::Unpack(gr[r], g);
+      Vec16<Act>::Unpack(ur[r], u);
 #pragma unroll
       for (int e = 0; e < kV; ++e) {
-        const float silu = RoundTo<Act>(g[r][e] / (1.f + expf(-g[r][e])));
-        y[e] = silu * u[r][e];
+        const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
+        y[e] = silu * u[e];
       }
       TVec<Act>::Store(out + t * F + j, y);
     }

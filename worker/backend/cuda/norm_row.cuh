@@ -32,14 +32,17 @@ struct TVec {
   __device__ __forceinline__ static void Load(const T* p, float* out) {
     Vec16<T>::Unpack(*reinterpret_cast<const int4*>(p), out);
   }
-  __device__ __forceinline__ static void Store(T* p, const float* in) {
+  __device__ __forceinline__ static int4 Pack(const float* in) {
     union {
       int4 v;
       T e[kN];
     } u;
 #pragma unroll
     for (int i = 0; i < kN; ++i) u.e[i] = FromFloat<T>(in[i]);
-    *reinterpret_cast<int4*>(p) = u.v;
+    return u.v;
+  }
+  __device__ __forceinline__ static void Store(T* p, const float* in) {
+    *reinterpret_cast<int4*>(p) = Pack(in);
   }
 };
 
@@ -114,22 +117,23 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
 }
 
 // AddRmsNormRow with the row held in registers (kPer vectors a thread, D / kV <= kPer * kThreads):
-// one pass of loads, all in flight at once, no staging row. The same thread-to-vector map and
-// summation order, so the same bits as AddRmsNormRow (kernels_test checks it through the
-// standalone kernel and the GEMV prologue). res_out may equal res_in.
+// one pass of loads, all in flight at once, no staging row. The vectors stay packed (16 bytes
+// each, unpacked where used: half the registers of floats, so more blocks fit an SM). The same
+// thread-to-vector map and summation order, so the same bits as AddRmsNormRow (kernels_test
+// checks it through the standalone kernel and the GEMV prologue). res_out may equal res_in.
 template <typename Act, typename Weight, int kThreads, int kPer>
 __device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Weight* post_w,
                                   const Weight* w, Act* res_out, Act* out, int D, float eps,
                                   float* scratch /* [32] */) {
   constexpr int kV = TVec<Act>::kN;
   const int nvec = D / kV;
-  float x[kPer][kV], d[kPer][kV];
+  int4 xr[kPer], dr[kPer];
 #pragma unroll
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
     if (v < nvec) {
-      TVec<Act>::Load(res_in + v * kV, x[p]);
-      if (delta != nullptr) TVec<Act>::Load(delta + v * kV, d[p]);
+      xr[p] = *reinterpret_cast<const int4*>(res_in + v * kV);
+      if (delta != nullptr) dr[p] = *reinterpret_cast<const int4*>(delta + v * kV);
     }
   }
   float inv_post = 0.f;
@@ -138,8 +142,10 @@ __device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Wei
 #pragma unroll
     for (int p = 0; p < kPer; ++p) {
       if (threadIdx.x + p * kThreads < nvec) {
+        float d[kV];
+        Vec16<Act>::Unpack(dr[p], d);
 #pragma unroll
-        for (int e = 0; e < kV; ++e) ss = fmaf(d[p][e], d[p][e], ss);
+        for (int e = 0; e < kV; ++e) ss = fmaf(d[e], d[e], ss);
       }
     }
     inv_post = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
@@ -149,33 +155,38 @@ __device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Wei
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
     if (v >= nvec) continue;
+    float x[kV];
+    Vec16<Act>::Unpack(xr[p], x);
     if (delta != nullptr) {
-      float pw[kV];
+      float d[kV], pw[kV];
+      Vec16<Act>::Unpack(dr[p], d);
       if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + v * kV, pw);
 #pragma unroll
       for (int e = 0; e < kV; ++e) {
         if (post_w != nullptr) {
-          const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[p][e], inv_post)), pw[e]);
-          x[p][e] = RoundTo<Act>(__fadd_rn(x[p][e], RoundTo<Act>(normed)));
+          const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), pw[e]);
+          x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
         } else {
-          x[p][e] = RoundTo<Act>(__fadd_rn(x[p][e], d[p][e]));
+          x[e] = RoundTo<Act>(__fadd_rn(x[e], d[e]));
         }
       }
-      if (res_out != nullptr) TVec<Act>::Store(res_out + v * kV, x[p]);
+      xr[p] = TVec<Act>::Pack(x);  // exact: x holds Act values
+      if (res_out != nullptr) *reinterpret_cast<int4*>(res_out + v * kV) = xr[p];
     }
 #pragma unroll
-    for (int e = 0; e < kV; ++e) ss = fmaf(x[p][e], x[p][e], ss);
+    for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
   }
   const float inv = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
 #pragma unroll
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
     if (v >= nvec) continue;
-    float y[kV], wv[kV];
+    float x[kV], wv[kV];
+    Vec16<Act>::Unpack(xr[p], x);
     LoadWeights<Weight, kV>(w + v * kV, wv);
 #pragma unroll
-    for (int e = 0; e < kV; ++e) y[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[p][e], inv)), wv[e]);
-    TVec<Act>::Store(out + v * kV, y);
+    for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
+    TVec<Act>::Store(out + v * kV, x);
   }
 }
 

@@ -3,6 +3,8 @@
 // GLM rotates adjacent pairs (2i, 2i+1) of the first rot_dim = head_dim * partial_rotary_factor
 // dims (transformers modeling_glm.py: rotate_half takes x[..., 0::2], x[..., 1::2] and
 // cos/sin[..., :rot/2].repeat_interleave(2)), with inv_freq[i] = theta^(-2i / rot_dim).
+#include <algorithm>
+
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -79,37 +81,52 @@ __global__ void RotaryKvWriteVecKernel(Act* __restrict__ qkv, const Weight* __re
   for (int p = threadIdx.x; p < rot_dim / 2; p += blockDim.x) sincosf(pos * inv_freq[p], &sin_tab[p], &cos_tab[p]);
   __syncthreads();
   Act* row = qkv + static_cast<int64_t>(t) * width;
-  for (int v = threadIdx.x; v < width / kV; v += blockDim.x) {
-    const int col = v * kV;
-    const int head = col / Dh;  // 0..H-1 q, H..H+Hkv-1 k, then v
-    const int dim = col % Dh;
-    const bool is_v = head >= H + Hkv;
-    if (head >= H && slot < 0) continue;  // a K/V row of a token with no cache slot
-    float x[kV], b[kV];
-    TVec<Act>::Load(row + col, x);
-    if (bias) LoadWeights<Weight, kV>(bias + col, b);
+  const int nvec = width / kV;
+  // kBatch vectors a thread at a time, all loaded before any is stored (q is rotated in place:
+  // a load after a store could alias it, so one vector a loop trip would serialize the loads).
+  constexpr int kBatch = 4;
+  for (int v0 = threadIdx.x; v0 < nvec; v0 += kBatch * blockDim.x) {
+    int4 xr[kBatch];
 #pragma unroll
-    for (int e = 0; e < kV; e += 2) {
-      float x0 = x[e], x1 = x[e + 1];
-      if (bias) {
-        x0 = RoundTo<Act>(x0 + b[e]);
-        x1 = RoundTo<Act>(x1 + b[e + 1]);
-      }
-      const int pair = (dim + e) / 2;
-      if (!is_v && 2 * pair < rot_dim) RotatePair(x0, x1, cos_tab[pair], sin_tab[pair]);
-      x[e] = x0;
-      x[e + 1] = x1;
+    for (int i = 0; i < kBatch; ++i) {
+      const int v = v0 + i * blockDim.x;
+      if (v < nvec) xr[i] = *reinterpret_cast<const int4*>(row + v * kV);
     }
-    if (head < H) {
-      TVec<Act>::Store(row + col, x);
-    } else {
-      const int kvh = is_v ? head - H - Hkv : head - H;
-      Weight* dst = (is_v ? v_cache : k_cache) + (slot * Hkv + kvh) * Dh + dim;
-      if constexpr (sizeof(Weight) == sizeof(Act)) {
-        TVec<Weight>::Store(dst, x);
-      } else {
 #pragma unroll
-        for (int e = 0; e < kV; ++e) dst[e] = FromFloat<Weight>(x[e]);
+    for (int i = 0; i < kBatch; ++i) {
+      const int v = v0 + i * blockDim.x;
+      if (v >= nvec) continue;
+      const int col = v * kV;
+      const int head = col / Dh;  // 0..H-1 q, H..H+Hkv-1 k, then v
+      const int dim = col % Dh;
+      const bool is_v = head >= H + Hkv;
+      if (head >= H && slot < 0) continue;  // a K/V row of a token with no cache slot
+      float x[kV], b[kV];
+      Vec16<Act>::Unpack(xr[i], x);
+      if (bias) LoadWeights<Weight, kV>(bias + col, b);
+#pragma unroll
+      for (int e = 0; e < kV; e += 2) {
+        float x0 = x[e], x1 = x[e + 1];
+        if (bias) {
+          x0 = RoundTo<Act>(x0 + b[e]);
+          x1 = RoundTo<Act>(x1 + b[e + 1]);
+        }
+        const int pair = (dim + e) / 2;
+        if (!is_v && 2 * pair < rot_dim) RotatePair(x0, x1, cos_tab[pair], sin_tab[pair]);
+        x[e] = x0;
+        x[e + 1] = x1;
+      }
+      if (head < H) {
+        TVec<Act>::Store(row + col, x);
+      } else {
+        const int kvh = is_v ? head - H - Hkv : head - H;
+        Weight* dst = (is_v ? v_cache : k_cache) + (slot * Hkv + kvh) * Dh + dim;
+        if constexpr (sizeof(Weight) == sizeof(Act)) {
+          TVec<Weight>::Store(dst, x);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kV; ++e) dst[e] = FromFloat<Weight>(x[e]);
+        }
       }
     }
   }
@@ -125,7 +142,10 @@ cudaError_t LaunchRotaryKvWrite(KernelTypes types, void* qkv, const void* bias, 
   if (Dh % 2 != 0 || rot_dim % 2 != 0 || rot_dim > Dh) return cudaErrorInvalidValue;
   return GLM_DISPATCH_TYPES(types, {
     if (Dh % TVec<Act>::kN == 0 && rot_dim / 2 <= kMaxRotPairs) {
-      return LaunchKernel(RotaryKvWriteVecKernel<Act, Weight>, T, 128, 0, stream,
+      // About 4 vectors a thread (one batch), 32 to 256 threads.
+      const int nvec = (H + 2 * Hkv) * Dh / TVec<Act>::kN;
+      const int threads = std::min(256, std::max(32, ((nvec + 3) / 4 + 31) / 32 * 32));
+      return LaunchKernel(RotaryKvWriteVecKernel<Act, Weight>, T, threads, 0, stream,
                           static_cast<Act*>(qkv), static_cast<const Weight*>(bias),
                           static_cast<Weight*>(k_cache), static_cast<Weight*>(v_cache), positions,
                           slots, inv_freq, H, Hkv, Dh, rot_dim);
