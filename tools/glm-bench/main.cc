@@ -62,7 +62,7 @@ ABSL_FLAG(int32_t, concurrency, 256, "offline throughput: running requests at mo
 ABSL_FLAG(int32_t, max_batched_tokens, 8192, "offline throughput: token budget per engine step");
 ABSL_FLAG(bool, skip_throughput, false, "skip the offline-throughput part");
 ABSL_FLAG(bool, profile, false, "CUDA: log a per-phase time breakdown (GLM_CUDA_PROFILE) of bs1 decode, "
-          "the TTFT step, a 256-wide prefill chunk and decode step");
+          "the TTFT step, the second offline-throughput prefill step and two of its decode steps");
 ABSL_FLAG(std::string, baseline, "", "hf: also run transformers (python3 + torch) on the same checkpoint");
 ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
 
