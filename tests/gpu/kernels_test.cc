@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tests/gpu/gpu_test_util.h"
@@ -130,75 +131,79 @@ TEST_P(KernelTest, AddRmsNormMatchesReferenceWithAndWithoutPostNormAndGather) {
   }
 }
 
+// Dh = 128 takes the 16-byte-vector kernel, Dh = 6 (no whole vectors a head) the scalar one.
 TEST_P(KernelTest, RotaryRotatesInterleavedPairsOfTheRotaryDimsAndWritesPagedKv) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
-  const int T = 5, H = 4, Hkv = 2, Dh = 128, rot = 64, bs = 16, blocks = 8;
-  const int W = (H + 2 * Hkv) * Dh;
-  Rng rng(3);
-  TypedBuffer qkv(tc.types.act, T * W), bias(tc.types.weight, W);
-  TypedBuffer kc(tc.types.weight, blocks * bs * Hkv * Dh), vc(tc.types.weight, blocks * bs * Hkv * Dh);
-  auto h_qkv = qkv.Upload(rng.Vector(T * W, -2, 2));
-  auto h_bias = bias.Upload(rng.Vector(W, -0.5, 0.5));
-  kc.Poison();
-  vc.Poison();
-  std::vector<int32_t> pos = {0, 1, 17, 900, 3000};
-  std::vector<int32_t> slots = {5 * bs + 0, 5 * bs + 1, 2 * bs + 1, 7 * bs + 4, -1};
-  std::vector<float> inv(rot / 2);
-  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
-  void *d_pos, *d_slots, *d_inv;
-  testing::UploadInts(&d_pos, pos);
-  testing::UploadInts(&d_slots, slots);
-  cudaMalloc(&d_inv, inv.size() * 4);
-  cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
-  ASSERT_CUDA(cuda::LaunchRotaryKvWrite(tc.types, qkv.get(), bias.get(), kc.get(), vc.get(),
-                                        static_cast<int32_t*>(d_pos), static_cast<int32_t*>(d_slots),
-                                        static_cast<float*>(d_inv), T, H, Hkv, Dh, rot, nullptr));
-  auto got_q = qkv.Download();
-  auto got_k = kc.Download();
-  auto got_v = vc.Download();
-  std::vector<float> want_q, gq;
-  std::vector<float> want_kv, gkv;
-  for (int t = 0; t < T; ++t) {
-    for (int head = 0; head < H + 2 * Hkv; ++head) {
-      for (int i = 0; i < Dh / 2; ++i) {
-        const int c = head * Dh + 2 * i;
-        float x0 = RoundThrough(tc.types.act, h_qkv[t * W + c] + h_bias[c]);
-        float x1 = RoundThrough(tc.types.act, h_qkv[t * W + c + 1] + h_bias[c + 1]);
-        if (head < H + Hkv && 2 * i < rot) {
-          const float ang = float(pos[t]) * inv[i];
-          const float cs = std::cos(ang), sn = std::sin(ang);
-          const float r0 = x0 * cs - x1 * sn, r1 = x1 * cs + x0 * sn;
-          x0 = r0;
-          x1 = r1;
-        }
-        if (head < H) {
-          want_q.push_back(RoundThrough(tc.types.act, x0));
-          want_q.push_back(RoundThrough(tc.types.act, x1));
-          gq.push_back(got_q[t * W + c]);
-          gq.push_back(got_q[t * W + c + 1]);
-        } else if (slots[t] >= 0) {
-          const bool is_v = head >= H + Hkv;
-          const int kvh = is_v ? head - H - Hkv : head - H;
-          const auto& cache = is_v ? got_v : got_k;
-          const int64_t base = (int64_t(slots[t]) * Hkv + kvh) * Dh + 2 * i;
-          want_kv.push_back(RoundThrough(tc.types.weight, x0));
-          want_kv.push_back(RoundThrough(tc.types.weight, x1));
-          gkv.push_back(cache[base]);
-          gkv.push_back(cache[base + 1]);
+  for (const auto& [Dh, rot] : {std::pair<int, int>{128, 64}, std::pair<int, int>{6, 4}}) {
+    SCOPED_TRACE(::testing::Message() << "Dh=" << Dh << " rot=" << rot);
+    const int T = 5, H = 4, Hkv = 2, bs = 16, blocks = 8;
+    const int W = (H + 2 * Hkv) * Dh;
+    Rng rng(3);
+    TypedBuffer qkv(tc.types.act, T * W), bias(tc.types.weight, W);
+    TypedBuffer kc(tc.types.weight, blocks * bs * Hkv * Dh), vc(tc.types.weight, blocks * bs * Hkv * Dh);
+    auto h_qkv = qkv.Upload(rng.Vector(T * W, -2, 2));
+    auto h_bias = bias.Upload(rng.Vector(W, -0.5, 0.5));
+    kc.Poison();
+    vc.Poison();
+    std::vector<int32_t> pos = {0, 1, 17, 900, 3000};
+    std::vector<int32_t> slots = {5 * bs + 0, 5 * bs + 1, 2 * bs + 1, 7 * bs + 4, -1};
+    std::vector<float> inv(rot / 2);
+    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+    void *d_pos, *d_slots, *d_inv;
+    testing::UploadInts(&d_pos, pos);
+    testing::UploadInts(&d_slots, slots);
+    cudaMalloc(&d_inv, inv.size() * 4);
+    cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+    ASSERT_CUDA(cuda::LaunchRotaryKvWrite(tc.types, qkv.get(), bias.get(), kc.get(), vc.get(),
+                                          static_cast<int32_t*>(d_pos), static_cast<int32_t*>(d_slots),
+                                          static_cast<float*>(d_inv), T, H, Hkv, Dh, rot, nullptr));
+    auto got_q = qkv.Download();
+    auto got_k = kc.Download();
+    auto got_v = vc.Download();
+    std::vector<float> want_q, gq;
+    std::vector<float> want_kv, gkv;
+    for (int t = 0; t < T; ++t) {
+      for (int head = 0; head < H + 2 * Hkv; ++head) {
+        for (int i = 0; i < Dh / 2; ++i) {
+          const int c = head * Dh + 2 * i;
+          float x0 = RoundThrough(tc.types.act, h_qkv[t * W + c] + h_bias[c]);
+          float x1 = RoundThrough(tc.types.act, h_qkv[t * W + c + 1] + h_bias[c + 1]);
+          if (head < H + Hkv && 2 * i < rot) {
+            const float ang = float(pos[t]) * inv[i];
+            const float cs = std::cos(ang), sn = std::sin(ang);
+            const float r0 = x0 * cs - x1 * sn, r1 = x1 * cs + x0 * sn;
+            x0 = r0;
+            x1 = r1;
+          }
+          if (head < H) {
+            want_q.push_back(RoundThrough(tc.types.act, x0));
+            want_q.push_back(RoundThrough(tc.types.act, x1));
+            gq.push_back(got_q[t * W + c]);
+            gq.push_back(got_q[t * W + c + 1]);
+          } else if (slots[t] >= 0) {
+            const bool is_v = head >= H + Hkv;
+            const int kvh = is_v ? head - H - Hkv : head - H;
+            const auto& cache = is_v ? got_v : got_k;
+            const int64_t base = (int64_t(slots[t]) * Hkv + kvh) * Dh + 2 * i;
+            want_kv.push_back(RoundThrough(tc.types.weight, x0));
+            want_kv.push_back(RoundThrough(tc.types.weight, x1));
+            gkv.push_back(cache[base]);
+            gkv.push_back(cache[base + 1]);
+          }
         }
       }
     }
+    ExpectClose(gq, want_q, 2 * tc.tol + 1e-4f, 0.05f, "q");
+    ExpectClose(gkv, want_kv, 2 * tc.tol + 1e-4f, 0.05f, "kv");
+    // The padding token (slot -1) wrote nothing: every slot outside the four written stays NaN.
+    int written = 0;
+    for (float x : got_k) written += std::isnan(x) ? 0 : 1;
+    EXPECT_EQ(written, 4 * Hkv * Dh);
+    cudaFree(d_pos);
+    cudaFree(d_slots);
+    cudaFree(d_inv);
   }
-  ExpectClose(gq, want_q, 2 * tc.tol + 1e-4f, 0.05f, "q");
-  ExpectClose(gkv, want_kv, 2 * tc.tol + 1e-4f, 0.05f, "kv");
-  // The padding token (slot -1) wrote nothing: every slot outside the four written stays NaN.
-  int written = 0;
-  for (float x : got_k) written += std::isnan(x) ? 0 : 1;
-  EXPECT_EQ(written, 4 * Hkv * Dh);
-  cudaFree(d_pos);
-  cudaFree(d_slots);
-  cudaFree(d_inv);
 }
 
 // Paged attention against a direct softmax over each token's visible context.

@@ -213,6 +213,9 @@ __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 // keys. STAGES: K/V tiles in flight + 1 (2: double buffering; 3-4 where one block keeps more of
 // its context in flight: small decode batches walk a whole short context, and the latency of each
 // tile is the cost).
+// Row-split (prefill) shapes: at least 3 blocks an SM, which their 70 KB of shared memory
+// allows; unbounded they took 173 registers, i.e. 2 blocks (bounded: 168, and at Dh = 128 a
+// 48-byte spill outside the tile loop; v9 in docs/PERFORMANCE-cuda-notes.md).
 template <typename T, int DH, int NW, int RW, int STAGES>
 __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(AttentionArgs a, int G) {
   LaunchDependents();

@@ -116,7 +116,8 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 // SiluMulKernel on 16-byte vectors (F a multiple of the vector width): blockIdx.x / threadIdx.x
 // walk a row's vectors, blockIdx.y the rows (no 64-bit division a vector).
 template <typename Act>
-__global__ void __launch_bounds__(256, 6) SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
+__global__ void __launch_bounds__(256, 6)
+SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
   constexpr int kV = TVec<Act>::kN;
   GridDependencyWait();
   LaunchDependents();
