@@ -46,6 +46,21 @@ parse_setting() {
   IFS=',' read -ra settings <<<"$setting"
   tag=$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _)
 }
+# ncu_small_bench FILE OUTPUT_LEN NCU_ARGS...: Nsight Compute (unlocked clocks, the common
+# sections plus NCU_ARGS) on a short bench run, bs1 parts cut down, the offline-throughput run
+# kept (256 x 512 prompt tokens, OUTPUT_LEN tokens out); output to FILE.
+ncu_small_bench() {
+  local file=$1 out_len=$2
+  shift 2
+  local ncu
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  timeout 300 "$ncu" --clock-control none "$@" \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+    --section WarpStateStats --section LaunchStats \
+    $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+    --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len "$out_len" \
+    >"$file" 2>&1
+}
 for what in "$@"; do
   case "$what" in
     tests)
@@ -97,33 +112,21 @@ for what in "$@"; do
         grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Stall|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit" "$OUT/ncu_$k.txt" | head -80
       done ;;
     ncu-256)
-      # Nsight Compute on the large-batch decode attention (2 warps, 3 stages: only the 256-wide
-      # decode steps of the offline-throughput run launch it): two launches after the first two
-      # steps, with the stall reasons.
-      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-      timeout 300 "$ncu" --clock-control none --kernel-name-base demangled \
+      # The large-batch decode attention (2 warps, 3 stages: only the 256-wide decode steps of the
+      # offline-throughput run launch it): two launches after the first two steps, with the
+      # stall reasons.
+      ncu_small_bench "$OUT/ncu_attn256.txt" 8 --kernel-name-base demangled \
         --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3>" --launch-skip 80 --launch-count 2 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-        --section WarpStateStats --section LaunchStats --section SchedulerStats \
-        --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-        $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len 8 \
-        >"$OUT/ncu_attn256.txt" 2>&1
+        --section SchedulerStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu attention 256: rc=$?"
       grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_attn256.txt" | head -80 ;;
     ncu-elementwise)
-      # Nsight Compute on the prefill-sized (8192-token step) residual-add + RMSNorm, SiLU-and-
-      # multiply and rotary kernels of the offline-throughput prefill.
-      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
-      timeout 300 "$ncu" --clock-control none \
+      # The prefill-sized (8192-token step) residual-add + RMSNorm, SiLU-and-multiply and rotary
+      # kernels of the offline-throughput prefill.
+      ncu_small_bench "$OUT/ncu_elementwise.txt" 4 \
         --kernel-name "regex:AddRmsNormVecKernel|SiluMulVecKernel|RotaryKvWriteVecKernel" \
         --launch-skip 1200 --launch-count 8 \
-        --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
-        --section WarpStateStats --section LaunchStats \
-        --metrics "dram__bytes_read.sum,dram__bytes_write.sum,regex:smsp__average_warps_issue_stalled_(long_scoreboard|barrier|wait|lg_throttle|drain|membar|short_scoreboard)_per_issue_active\.ratio" \
-        $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len 4 \
-        >"$OUT/ncu_elementwise.txt" 2>&1
+        --metrics "dram__bytes_read.sum,dram__bytes_write.sum,regex:smsp__average_warps_issue_stalled_(long_scoreboard|barrier|wait|lg_throttle|drain|membar|short_scoreboard)_per_issue_active\.ratio"
       echo "ncu elementwise: rc=$?"
       grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp|L2 Hit|stalled_[a-z_]*_per_issue_active.ratio" "$OUT/ncu_elementwise.txt" | head -150 ;;
     hf)

@@ -316,8 +316,6 @@ absl::Status RunEngineMode(Figures* fig) {
       t0 = Clock::now();
       int64_t generated = 0;
       // Prefill: whole prompts packed into steps of at most max_batched tokens.
-      const int per_step = std::min(concurrency, std::max(1, std::max(max_batched, in_len) / in_len));
-      const int prefill_steps = (n + per_step - 1) / per_step;
       for (int r = 0, prefill_step = 0; r < n; ++prefill_step) {
         StepBatch b;
         std::vector<int> rows;
@@ -337,9 +335,10 @@ absl::Status RunEngineMode(Figures* fig) {
           b.seqs.push_back(std::move(st));
           rows.push_back(r++);
         }
-        // The second step where there is one (the first pays first-use costs: cuBLAS kernel
-        // loads, tuning).
-        const bool profile_step = absl::GetFlag(FLAGS_profile) && prefill_step == (prefill_steps > 1 ? 1 : 0);
+        // The second step, or the first when it takes every prompt (the first pays first-use
+        // costs: cuBLAS kernel loads, tuning).
+        const bool profile_step =
+            absl::GetFlag(FLAGS_profile) && (prefill_step == 1 || (prefill_step == 0 && r == n));
         if (profile_step) setenv("GLM_CUDA_PROFILE", "1", 1);
         RETURN_IF_ERROR(backend->ForwardGreedy(b, &next, &finite));
         if (profile_step) unsetenv("GLM_CUDA_PROFILE");

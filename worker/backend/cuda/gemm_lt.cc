@@ -19,6 +19,7 @@
 #include "services/core/logging.h"
 #include "services/core/status_macros.h"
 #include "worker/backend/cuda/cuda_check.h"
+#include "worker/backend/cuda/launch.cuh"
 
 namespace glm {
 namespace {
@@ -75,25 +76,16 @@ std::string KeyString(int M, int N, int K, DType act, DType weight, bool alpha_d
                          DTypeName(weight), DTypeName(act), alpha_dev ? "device" : "host");
 }
 
-// A positive integer from the environment, else the fallback (benchmark switches).
-int EnvIntOr(const char* name, int fallback) {
-  const char* v = std::getenv(name);
-  if (v == nullptr) return fallback;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  return end != v && *end == '\0' && n > 0 && n <= (1 << 24) ? static_cast<int>(n) : fallback;
-}
-
 // GLM_CUDA_LT_BUDGET_MS: the timing budget per key (prefill-sized keys need more than the default).
 double TuneBudgetMs() {
-  static const double ms = EnvIntOr("GLM_CUDA_LT_BUDGET_MS", static_cast<int>(kTuneBudgetMs));
+  static const double ms = cuda::PositiveEnvOr("GLM_CUDA_LT_BUDGET_MS", static_cast<int>(kTuneBudgetMs));
   return ms;
 }
 
 }  // namespace
 
 int LtGemmTuner::MaxM() {
-  static const int m = std::max(kMinM, EnvIntOr("GLM_CUDA_LT_MAX_M", kMaxM));
+  static const int m = std::max(kMinM, cuda::PositiveEnvOr("GLM_CUDA_LT_MAX_M", kMaxM));
   return m;
 }
 

@@ -58,6 +58,40 @@ __device__ __forceinline__ void LoadWeights(const Weight* p, float* out) {
   }
 }
 
+// The per-vector steps of AddRmsNormRow / AddRmsNormRowRegs, shared so both give the same bits.
+// ss + sum of x[e]^2, in element order.
+template <int kV>
+__device__ __forceinline__ float SumSquares(const float* x, float ss) {
+#pragma unroll
+  for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
+  return ss;
+}
+// x = RoundTo<Act>(x + d'), d' = d, or with post_w (may be null; this vector's weights from
+// post_w + at) RoundTo<Act>(RoundTo<Act>(d * inv_post) * post_w).
+template <typename Act, typename Weight, int kV>
+__device__ __forceinline__ void AddDelta(float* x, const float* d, const Weight* post_w, int at,
+                                         float inv_post) {
+  float pw[kV];
+  if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + at, pw);
+#pragma unroll
+  for (int e = 0; e < kV; ++e) {
+    if (post_w != nullptr) {
+      const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), pw[e]);
+      x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
+    } else {
+      x[e] = RoundTo<Act>(__fadd_rn(x[e], d[e]));
+    }
+  }
+}
+// x = RoundTo<Act>(x * inv) * w (this vector's weights).
+template <typename Act, typename Weight, int kV>
+__device__ __forceinline__ void ScaleByNorm(float* x, const Weight* w, float inv) {
+  float wv[kV];
+  LoadWeights<Weight, kV>(w, wv);
+#pragma unroll
+  for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
+}
+
 // D % TVec<Act>::kN == 0. With delta: x = RoundTo<Act>(res_in + d), d = delta or, with post_w,
 // RoundTo<Act>(RoundTo<Act>(rmsnorm(delta)) * post_w); res_out (may be null, may equal res_in)
 // gets x. Without delta x = res_in. Then out = RoundTo<Act>(x * rsqrt(mean(x^2) + eps)) * w.
@@ -75,8 +109,7 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
     for (int v = threadIdx.x; v < nvec; v += kThreads) {
       float d[kV];
       TVec<Act>::Load(delta + v * kV, d);
-#pragma unroll
-      for (int e = 0; e < kV; ++e) ss = fmaf(d[e], d[e], ss);
+      ss = SumSquares<kV>(d, ss);
     }
     inv_post = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
   }
@@ -86,32 +119,20 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
     float x[kV];
     TVec<Act>::Load(res_in + v * kV, x);
     if (delta != nullptr) {
-      float d[kV], pw[kV];
+      float d[kV];
       TVec<Act>::Load(delta + v * kV, d);
-      if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + v * kV, pw);
-#pragma unroll
-      for (int e = 0; e < kV; ++e) {
-        if (post_w != nullptr) {
-          const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), pw[e]);
-          x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
-        } else {
-          x[e] = RoundTo<Act>(__fadd_rn(x[e], d[e]));
-        }
-      }
+      AddDelta<Act, Weight, kV>(x, d, post_w, v * kV, inv_post);
       if (res_out != nullptr) TVec<Act>::Store(res_out + v * kV, x);
     }
-#pragma unroll
-    for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
+    ss = SumSquares<kV>(x, ss);
     TVec<Act>::Store(out + v * kV, x);  // exact: x holds Act values
   }
   const float inv = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
 #pragma unroll 2
   for (int v = threadIdx.x; v < nvec; v += kThreads) {
-    float x[kV], wv[kV];
+    float x[kV];
     TVec<Act>::Load(out + v * kV, x);  // this thread's own vector, stored above
-    LoadWeights<Weight, kV>(w + v * kV, wv);
-#pragma unroll
-    for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
+    ScaleByNorm<Act, Weight, kV>(x, w + v * kV, inv);
     TVec<Act>::Store(out + v * kV, x);
   }
 }
@@ -144,8 +165,7 @@ __device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Wei
       if (threadIdx.x + p * kThreads < nvec) {
         float d[kV];
         Vec16<Act>::Unpack(dr[p], d);
-#pragma unroll
-        for (int e = 0; e < kV; ++e) ss = fmaf(d[e], d[e], ss);
+        ss = SumSquares<kV>(d, ss);
       }
     }
     inv_post = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
@@ -158,34 +178,22 @@ __device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Wei
     float x[kV];
     Vec16<Act>::Unpack(xr[p], x);
     if (delta != nullptr) {
-      float d[kV], pw[kV];
+      float d[kV];
       Vec16<Act>::Unpack(dr[p], d);
-      if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + v * kV, pw);
-#pragma unroll
-      for (int e = 0; e < kV; ++e) {
-        if (post_w != nullptr) {
-          const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), pw[e]);
-          x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
-        } else {
-          x[e] = RoundTo<Act>(__fadd_rn(x[e], d[e]));
-        }
-      }
+      AddDelta<Act, Weight, kV>(x, d, post_w, v * kV, inv_post);
       xr[p] = TVec<Act>::Pack(x);  // exact: x holds Act values
       if (res_out != nullptr) *reinterpret_cast<int4*>(res_out + v * kV) = xr[p];
     }
-#pragma unroll
-    for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
+    ss = SumSquares<kV>(x, ss);
   }
   const float inv = rsqrtf(BlockSum<kThreads>(ss, scratch) / D + eps);
 #pragma unroll
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
     if (v >= nvec) continue;
-    float x[kV], wv[kV];
+    float x[kV];
     Vec16<Act>::Unpack(xr[p], x);
-    LoadWeights<Weight, kV>(w + v * kV, wv);
-#pragma unroll
-    for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
+    ScaleByNorm<Act, Weight, kV>(x, w + v * kV, inv);
     TVec<Act>::Store(out + v * kV, x);
   }
 }
