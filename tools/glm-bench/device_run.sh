@@ -6,7 +6,8 @@
 #     an A/B of GLM_CUDA_* switches) [ab1-...] (the same, bs1 decode and TTFT only, with
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
 #     [ncu-256] (the same for the 256-wide decode attention) [ncu-elementwise] (and for the
-#     prefill-sized norm, SiLU and rotary kernels)
+#     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
+#     the offline run's 8,192-token steps)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -129,6 +130,16 @@ for what in "$@"; do
         --metrics "dram__bytes_read.sum,dram__bytes_write.sum,regex:smsp__average_warps_issue_stalled_(long_scoreboard|barrier|wait|lg_throttle|drain|membar|short_scoreboard)_per_issue_active\.ratio"
       echo "ncu elementwise: rc=$?"
       grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|dram__bytes|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Size|Warp Cycles Per Issued|Issued Warp|L2 Hit|stalled_[a-z_]*_per_issue_active.ratio" "$OUT/ncu_elementwise.txt" | head -150 ;;
+    ncu-prefill-attn)
+      # The prefill attention (4 row warps of 16 rows, 64-key tiles, 2 stages) on the offline
+      # run's 8,192-token steps of 512-token prompts (the bs1 TTFT prefills launch it ~200 times
+      # first): pipe utilization, shared-memory bank conflicts and the stall reasons.
+      ncu_small_bench "$OUT/ncu_prefill_attn.txt" 4 --kernel-name-base demangled \
+        --kernel-name "regex:AttentionMmaKernel<.*\(int\)4, \(int\)4, \(int\)2>" --launch-skip 300 --launch-count 2 \
+        --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats \
+        --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
+      echo "ncu prefill attention: rc=$?"
+      grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|Executed Ipc|L2 Hit|L1/TEX Hit|bank_conflicts|inst_executed.sum|hmma|Pipe|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
