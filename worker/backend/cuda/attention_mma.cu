@@ -96,47 +96,6 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(SmemAddr(p)));
 }
-// sm90: K/V rows through the bulk-copy engine (cp.async.bulk, one instruction a 2*DH-byte row,
-// completing on an mbarrier) instead of 16-byte cp.async: a tile copy was most of the
-// instructions of a decode tile (the kernel is issue-bound at 8 warps an SM).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GLM_ATTN_BULK 1
-__device__ __forceinline__ void MbarInit(uint64_t* bar, int count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void MbarInitFence() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Generic-proxy shared-memory writes ordered before later bulk copies into the same bytes.
-__device__ __forceinline__ void FenceProxyAsync() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void MbarArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddr(bar)) : "memory");
-}
-__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SmemAddr(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void BulkCopy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-          SmemAddr(dst)),
-      "l"(src), "r"(bytes), "r"(SmemAddr(bar))
-      : "memory");
-}
-__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      "@!p bra WAIT;\n"
-      "}\n" ::"r"(SmemAddr(bar)),
-      "r"(parity)
-      : "memory");
-}
-#else
 // 16-byte global -> shared copy; valid == false writes zeros (src is not read).
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
@@ -148,16 +107,6 @@ template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// Waits until at most n (0..3) cp.async groups are pending.
-__device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
-  switch (n) {
-    case 0: CpAsyncWait<0>(); break;
-    case 1: CpAsyncWait<1>(); break;
-    case 2: CpAsyncWait<2>(); break;
-    default: CpAsyncWait<3>(); break;
-  }
-}
-#endif
 #endif  // GLM_ATTN_MMA_ARCH
 
 // NW warps, RW of them splitting the rows (16 each), the other NW / RW splitting each tile's
@@ -248,6 +197,18 @@ __device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, i
   }
 }
 
+// Waits until at most n (0..3) cp.async groups are pending.
+__device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
+#if defined(GLM_ATTN_MMA_ARCH)
+  switch (n) {
+    case 0: CpAsyncWait<0>(); break;
+    case 1: CpAsyncWait<1>(); break;
+    case 2: CpAsyncWait<2>(); break;
+    default: CpAsyncWait<3>(); break;
+  }
+#endif
+}
+
 // NW warps; RW of them split the rows (16 each), the other NW / RW split each tile's 16 * NW
 // keys. STAGES: K/V tiles in flight + 1 (2: double buffering; 3-4 where one block keeps more of
 // its context in flight: small decode batches walk a whole short context, and the latency of each
@@ -320,44 +281,16 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
   // engine's) maps a key to its cache slot with shifts (the per-key integer division and 64-bit
   // arithmetic were most of the instructions of a decode tile; the kernel is issue-bound at
   // 8 warps an SM).
-  const int64_t slot_stride = static_cast<int64_t>(a.Hkv) * DH;
-  const int bs = a.block_size;
-  const bool bs_pow2 = (bs & (bs - 1)) == 0;
-  const int bs_shift = __ffs(bs) - 1;
-  const int32_t* table = it.block_table;
-  auto slot_of = [&](int j) -> int64_t {
-    return bs_pow2 ? (static_cast<int64_t>(table[j >> bs_shift]) << bs_shift) | (j & (bs - 1)) : it.Slot(j);
-  };
-#if defined(GLM_ATTN_BULK)
-  // One mbarrier a stage; every thread arrives once a tile (kThreads == 2 * kTile: thread tid
-  // copies the K (even tid) or V (odd) row of key tid / 2 with one bulk copy, or zeroes it past
-  // the context). The tile of stage s's n-th use completes phase n: parity n & 1.
-  static_assert(kThreads == 2 * kTile, "one row a thread");
-  __shared__ uint64_t bars[STAGES];
-  if (tid < STAGES) MbarInit(&bars[tid], kThreads);
-  MbarInitFence();
-  __syncthreads();
-  const int64_t row_col = static_cast<int64_t>(kvh) * DH;
-  const uint16_t* row_src = (tid & 1) ? vc : kc;
-  auto load_tile = [&](int tile, int stage) {
-    uint16_t* dst = tiles + stage * 2 * kTile * kStride + (tid & 1) * kTile * kStride + (tid >> 1) * kStride;
-    const int j = tile * kTile + (tid >> 1);
-    if (j < kv_len) {
-      MbarArriveExpectTx(&bars[stage], DH * 2);
-      BulkCopy(dst, row_src + slot_of(j) * slot_stride + row_col, DH * 2, &bars[stage]);
-    } else {
-#pragma unroll
-      for (int c = 0; c < DH; c += 8) *reinterpret_cast<int4*>(dst + c) = make_int4(0, 0, 0, 0);
-      FenceProxyAsync();  // (only the context's last tile: never refilled, but kept safe)
-      MbarArrive(&bars[stage]);
-    }
-  };
-#else
   static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "tile copy map");
   constexpr int kRowStep = kThreads / kVecs;
   constexpr int kCopyRows = kTile / kRowStep;  // tile rows a thread copies
   const int t0 = tid / kVecs, c0 = (tid % kVecs) * 8;
+  const int64_t slot_stride = static_cast<int64_t>(a.Hkv) * DH;
   const int64_t col0 = static_cast<int64_t>(kvh) * DH + c0;
+  const int bs = a.block_size;
+  const bool bs_pow2 = (bs & (bs - 1)) == 0;
+  const int bs_shift = __ffs(bs) - 1;
+  const int32_t* table = it.block_table;
   auto load_tile = [&](int tile, int stage) {
     uint16_t* k_dst = tiles + stage * 2 * kTile * kStride + t0 * kStride + c0;
     uint16_t* v_dst = k_dst + kTile * kStride;
@@ -365,13 +298,17 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
     for (int i = 0; i < kCopyRows; ++i) {
       const int j = tile * kTile + t0 + i * kRowStep;
       const bool valid = j < kv_len;
-      const int64_t base = valid ? slot_of(j) * slot_stride + col0 : 0;
+      int64_t base = 0;
+      if (valid) {
+        const int64_t slot = bs_pow2 ? (static_cast<int64_t>(table[j >> bs_shift]) << bs_shift) | (j & (bs - 1))
+                                     : it.Slot(j);
+        base = slot * slot_stride + col0;
+      }
       CpAsync16(k_dst + i * kRowStep * kStride, kc + base, valid);
       CpAsync16(v_dst + i * kRowStep * kStride, vc + base, valid);
     }
     CpAsyncCommit();
   };
-#endif
   // Tile t lives in stage (t - tile_begin) % STAGES; up to STAGES - 1 tiles are in flight ahead of
   // the one being computed. Before the wait: the tiles whose keys all precede the item's first
   // new token (stages 0..STAGES-2; the last stage holds Q meanwhile).
@@ -431,9 +368,6 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
     for (int ks = 0; ks < kKS; ++ks) {
       LdMatrixX4(qa[ks], q_stage + (rw * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + ks * 16 + 8 * (lane / 16));
     }
-#if defined(GLM_ATTN_BULK)
-    FenceProxyAsync();  // the Q stores before the bulk copies that reuse the stage
-#endif
     __syncthreads();  // the last stage is free again
   }
   const int pos_lo = row_pos[rw * 16 + g], pos_hi = row_pos[rw * 16 + g + 8];
@@ -452,12 +386,8 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
       load_tile(issued, (issued - tile_begin) % STAGES);
       ++issued;
     }
-#if defined(GLM_ATTN_BULK)
-    MbarWait(&bars[stage], ((tile - tile_begin) / STAGES) & 1);
-#else
     CpAsyncWaitAtMost(issued - tile - 1);  // this tile's group is complete
-#endif
-    __syncthreads();  // and the zeroed rows past the context
+    __syncthreads();
     const uint16_t* k_t = tiles + stage * 2 * kTile * kStride;
     const uint16_t* v_t = k_t + kTile * kStride;
     const int j0 = tile * kTile + key0;

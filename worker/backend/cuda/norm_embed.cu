@@ -88,11 +88,13 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
     o[d] = FromFloat<Act>(RoundTo<Act>(row[d] * inv) * ToFloat(weight[d]));
 }
 
-// AddRmsNormKernel on 16-byte vectors (D a multiple of the vector width), one row a block, the
-// shared row code of norm_row.cuh (AddRmsNormRow: any D): every load of a pass can be in flight
-// at once (the shared-memory kernel's loops issue one dependent load after another).
-template <typename Act, typename Weight>
-__global__ void __launch_bounds__(kRowThreads)
+// AddRmsNormKernel on 16-byte vectors (D a multiple of the vector width), the shared row code of
+// norm_row.cuh: every load of a pass can be in flight at once (the shared-memory kernel's loops
+// issue one dependent load after another). kPer > 0: the row in registers (AddRmsNormRowRegs,
+// D / kV <= kPer * kRowThreads; one pass over memory); 0: AddRmsNormRow (any D).
+// Six blocks an SM at least (75% occupancy; the register count at no bound gave four).
+template <typename Act, typename Weight, int kPer>
+__global__ void __launch_bounds__(kRowThreads, kPer <= 2 ? 6 : 4)
 AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
                     Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps) {
@@ -103,104 +105,49 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
   const Act* del = delta ? delta + static_cast<int64_t>(r) * D : nullptr;
-  AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_weight, weight, res, out + static_cast<int64_t>(i) * D,
-                                          D, eps, scratch);
-}
-
-// The same with the row in registers (kPer vectors a thread, D / kV <= kPer * kRowThreads) and
-// rows blockIdx.x, blockIdx.x + gridDim.x, ... a block: the thread's norm weights are loaded once,
-// before the PDL wait (they are constants), and the next row's loads are in flight while a row is
-// computed. One row a block with the weights loaded after each reduction was three dependent
-// memory round trips a row: 39% of the DRAM bandwidth at 8,192 rows (v9 notes).
-template <typename Act, typename Weight, int kPer>
-constexpr int RowsKernelBlocksPerSm() { return kPer <= 2 ? 3 : 2; }  // the launch bound
-template <typename Act, typename Weight, int kPer>
-__global__ void __launch_bounds__(kRowThreads, (RowsKernelBlocksPerSm<Act, Weight, kPer>()))
-AddRmsNormRowsKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
-                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
-                     Act* __restrict__ out, const int32_t* __restrict__ row_index, int rows, int D,
-                     float eps) {
-  constexpr int kV = TVec<Act>::kN;
-  __shared__ float scratch[32];
-  const int nvec = D / kV;
-  const bool has_post = delta != nullptr && post_weight != nullptr;
-  WeightVec<Weight, kV> wv[kPer], pw[kPer];
-#pragma unroll
-  for (int p = 0; p < kPer; ++p) {
-    const int v = threadIdx.x + p * kRowThreads;
-    if (v < nvec) {
-      wv[p].Load(weight + v * kV);
-      if (has_post) pw[p].Load(post_weight + v * kV);
-    }
-  }
-  GridDependencyWait();
-  LaunchDependents();
-  auto row_of = [&](int i) { return static_cast<int64_t>(row_index ? row_index[i] : i) * D; };
-  int4 xr[kPer] = {}, dr[kPer] = {};
-  int i = blockIdx.x;
-  if (i < rows) {
-    const int64_t at = row_of(i);
-    LoadRowRegs<Act, kRowThreads, kPer>(residual + at, delta ? delta + at : nullptr, nvec, xr, dr);
-  }
-  for (; i < rows; i += gridDim.x) {
-    const int next = i + gridDim.x;
-    int4 xn[kPer] = {}, dn[kPer] = {};
-    if (next < rows) {
-      const int64_t at = row_of(next);
-      LoadRowRegs<Act, kRowThreads, kPer>(residual + at, delta ? delta + at : nullptr, nvec, xn, dn);
-    }
-    NormRowRegs<Act, Weight, kRowThreads, kPer>(xr, dr, delta != nullptr, has_post, wv, pw,
-                                                residual + row_of(i), out + static_cast<int64_t>(i) * D,
-                                                D, eps, scratch);
-#pragma unroll
-    for (int p = 0; p < kPer; ++p) {
-      xr[p] = xn[p];
-      dr[p] = dn[p];
-    }
+  Act* o = out + static_cast<int64_t>(i) * D;
+  if constexpr (kPer > 0) {
+    AddRmsNormRowRegs<Act, Weight, kRowThreads, kPer>(res, del, post_weight, weight, res, o, D, eps, scratch);
+  } else {
+    AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_weight, weight, res, o, D, eps, scratch);
   }
 }
 
 // SiluMulKernel on 16-byte vectors (F a multiple of the vector width): blockIdx.x / threadIdx.x
-// walk a row's vectors, blockIdx.y the rows (no 64-bit division a vector), one wave of blocks
-// (the launch bound) each looping over rows blockIdx.y, + gridDim.y, ...: a software pipeline
-// with the next two rows' loads in flight while a row is computed and stored (two rows loaded
-// together, then computed, left the loads idle during the math: 63% of the DRAM bandwidth).
-constexpr int kSiluBlocksPerSm = 4;
+// walk a row's vectors, blockIdx.y the rows (no 64-bit division a vector).
 template <typename Act>
-__global__ void __launch_bounds__(256, kSiluBlocksPerSm)
+__global__ void __launch_bounds__(256, 6)
 SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, int T) {
   constexpr int kV = TVec<Act>::kN;
   GridDependencyWait();
   LaunchDependents();
   const int j = (blockIdx.x * blockDim.x + threadIdx.x) * kV;
   if (j >= F) return;
-  const int64_t step = gridDim.y;
-  auto load = [&](int64_t t, int4& g, int4& u) {  // packed until used (registers: occupancy)
-    if (t < T) {
-      g = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + j);
-      u = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + F + j);
-    }
-  };
-  int4 g0 = {}, u0 = {}, g1 = {}, u1 = {};
-  int64_t t = blockIdx.y;
-  load(t, g0, u0);
-  load(t + step, g1, u1);
-  for (; t < T; t += step) {
-    int4 g2 = {}, u2 = {};
-    load(t + 2 * step, g2, u2);
-    float g[kV], u[kV], y[kV];
-    Vec16<Act>::Unpack(g0, g);
-    Vec16<Act>::Unpack(u0, u);
+  // Rows t and t + gridDim.y an iteration: both rows' loads in flight together.
+  for (int64_t t0 = blockIdx.y; t0 < T; t0 += 2 * static_cast<int64_t>(gridDim.y)) {
+    int4 gr[2], ur[2];  // packed until used (registers: occupancy)
 #pragma unroll
-    for (int e = 0; e < kV; ++e) {
-      const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
-      y[e] = silu * u[e];
+    for (int r = 0; r < 2; ++r) {
+      const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
+      if (t < T) {
+        gr[r] = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + j);
+        ur[r] = *reinterpret_cast<const int4*>(gate_up + t * 2 * F + F + j);
+      }
     }
-    TVec<Act>::Store(out + t * F + j, y);
-    g0 = g1;
-    u0 = u1;
-    g1 = g2;
-    u1 = u2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t t = t0 + r * static_cast<int64_t>(gridDim.y);
+      if (t >= T) continue;
+      float g[kV], u[kV], y[kV];
+      Vec16<Act>::Unpack(gr[r], g);
+      Vec16<Act>::Unpack(ur[r], u);
+#pragma unroll
+      for (int e = 0; e < kV; ++e) {
+        const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
+        y[e] = silu * u[e];
+      }
+      TVec<Act>::Store(out + t * F + j, y);
+    }
   }
 }
 
@@ -296,19 +243,11 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
     constexpr int kV = TVec<Act>::kN;
     if (D % kV == 0) {
       const int per = (D / kV + kRowThreads - 1) / kRowThreads;  // vectors a thread
-      if (per <= 4) {
-        auto* kernel = per <= 1   ? AddRmsNormRowsKernel<Act, Weight, 1>
-                       : per <= 2 ? AddRmsNormRowsKernel<Act, Weight, 2>
-                                  : AddRmsNormRowsKernel<Act, Weight, 4>;
-        // As many blocks as the launch bound keeps resident; rows beyond loop inside a block.
-        const int per_sm = per <= 2 ? RowsKernelBlocksPerSm<Act, Weight, 2>() : RowsKernelBlocksPerSm<Act, Weight, 4>();
-        const int grid = std::max(1, std::min(rows, per_sm * std::max(1, DeviceSmCount())));
-        return LaunchKernel(kernel, grid, kRowThreads, 0, stream,
-                            static_cast<Act*>(residual), static_cast<const Act*>(delta),
-                            static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
-                            static_cast<Act*>(out), row_index, rows, D, eps);
-      }
-      return LaunchKernel(AddRmsNormVecKernel<Act, Weight>, rows, kRowThreads, 0, stream,
+      auto* kernel = per <= 1   ? AddRmsNormVecKernel<Act, Weight, 1>
+                     : per <= 2 ? AddRmsNormVecKernel<Act, Weight, 2>
+                     : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4>
+                                : AddRmsNormVecKernel<Act, Weight, 0>;
+      return LaunchKernel(kernel, rows, kRowThreads, 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
                           static_cast<Act*>(out), row_index, D, eps);
@@ -327,9 +266,9 @@ cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int
   return GLM_DISPATCH_TYPES(types, {
     constexpr int kV = TVec<Act>::kN;
     if (F % kV == 0) {
-      // One wave: kSiluBlocksPerSm blocks of 256 threads an SM (the rows beyond loop inside a block).
+      // About 32 blocks of 256 threads an SM (the rows beyond loop inside a block).
       const int gx = (F / kV + 255) / 256;
-      const int gy = std::max(1, std::min(T, kSiluBlocksPerSm * DeviceSmCount() / gx));
+      const int gy = std::max(1, std::min(T, 32 * DeviceSmCount() / gx));
       const dim3 grid(gx, std::min(gy, 65535));
       return LaunchKernel(SiluMulVecKernel<Act>, grid, 256, 0, stream,
                           static_cast<const Act*>(gate_up), static_cast<Act*>(out), F, T);

@@ -58,7 +58,7 @@ __device__ __forceinline__ void LoadWeights(const Weight* p, float* out) {
   }
 }
 
-// The per-vector steps of AddRmsNormRow / NormRowRegs, shared so both give the same bits.
+// The per-vector steps of AddRmsNormRow / AddRmsNormRowRegs, shared so both give the same bits.
 // ss + sum of x[e]^2, in element order.
 template <int kV>
 __device__ __forceinline__ float SumSquares(const float* x, float ss) {
@@ -66,14 +66,16 @@ __device__ __forceinline__ float SumSquares(const float* x, float ss) {
   for (int e = 0; e < kV; ++e) ss = fmaf(x[e], x[e], ss);
   return ss;
 }
-// x = RoundTo<Act>(x + d'), d' = d, or with has_post (pw: this vector's post-norm weights as
-// floats, read only then) RoundTo<Act>(RoundTo<Act>(d * inv_post) * pw).
-template <typename Act, int kV>
-__device__ __forceinline__ void AddDeltaW(float* x, const float* d, const float* pw, bool has_post,
-                                          float inv_post) {
+// x = RoundTo<Act>(x + d'), d' = d, or with post_w (may be null; this vector's weights from
+// post_w + at) RoundTo<Act>(RoundTo<Act>(d * inv_post) * post_w).
+template <typename Act, typename Weight, int kV>
+__device__ __forceinline__ void AddDelta(float* x, const float* d, const Weight* post_w, int at,
+                                         float inv_post) {
+  float pw[kV];
+  if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + at, pw);
 #pragma unroll
   for (int e = 0; e < kV; ++e) {
-    if (has_post) {
+    if (post_w != nullptr) {
       const float normed = __fmul_rn(RoundTo<Act>(__fmul_rn(d[e], inv_post)), pw[e]);
       x[e] = RoundTo<Act>(__fadd_rn(x[e], RoundTo<Act>(normed)));
     } else {
@@ -81,47 +83,14 @@ __device__ __forceinline__ void AddDeltaW(float* x, const float* d, const float*
     }
   }
 }
-// The same with the post-norm weights read from post_w + at (post_w may be null).
-template <typename Act, typename Weight, int kV>
-__device__ __forceinline__ void AddDelta(float* x, const float* d, const Weight* post_w, int at,
-                                         float inv_post) {
-  float pw[kV];
-  if (post_w != nullptr) LoadWeights<Weight, kV>(post_w + at, pw);
-  AddDeltaW<Act, kV>(x, d, pw, post_w != nullptr, inv_post);
-}
-// x = RoundTo<Act>(x * inv) * wv (this vector's weights as floats).
-template <typename Act, int kV>
-__device__ __forceinline__ void ScaleByNormW(float* x, const float* wv, float inv) {
-#pragma unroll
-  for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
-}
-// The same with the weights read from w.
+// x = RoundTo<Act>(x * inv) * w (this vector's weights).
 template <typename Act, typename Weight, int kV>
 __device__ __forceinline__ void ScaleByNorm(float* x, const Weight* w, float inv) {
   float wv[kV];
   LoadWeights<Weight, kV>(w, wv);
-  ScaleByNormW<Act, kV>(x, wv, inv);
+#pragma unroll
+  for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
 }
-
-// kN consecutive weights held raw in registers (one 16-byte load where they make 16 bytes),
-// unpacked to the floats LoadWeights gives: a kernel that normalizes many rows loads its
-// thread's weights once.
-template <typename Weight, int kN>
-struct WeightVec {
-  alignas(sizeof(Weight) * kN == 16 ? 16 : alignof(Weight)) Weight e[kN];
-  __device__ __forceinline__ void Load(const Weight* p) {
-    if constexpr (sizeof(Weight) * kN == 16) {
-      *reinterpret_cast<int4*>(e) = *reinterpret_cast<const int4*>(p);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kN; ++i) e[i] = p[i];
-    }
-  }
-  __device__ __forceinline__ void Unpack(float* out) const {
-#pragma unroll
-    for (int i = 0; i < kN; ++i) out[i] = ToFloat(e[i]);
-  }
-};
 
 // D % TVec<Act>::kN == 0. With delta: x = RoundTo<Act>(res_in + d), d = delta or, with post_w,
 // RoundTo<Act>(RoundTo<Act>(rmsnorm(delta)) * post_w); res_out (may be null, may equal res_in)
@@ -168,16 +137,18 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
   }
 }
 
-// AddRmsNormRow with the row held in registers, kPer 16-byte vectors a thread (D / kV <= kPer *
-// kThreads), for a kernel that normalizes many rows: LoadRowRegs issues a row's loads (all in
-// flight at once; the next row's while this one is computed), NormRowRegs computes it with the
-// thread's weights preloaded (WeightVec). The vectors stay packed until used (registers:
-// occupancy). The same thread-to-vector map and summation order, so the same bits as
-// AddRmsNormRow (kernels_test checks it through the standalone kernel and the GEMV prologue).
-template <typename Act, int kThreads, int kPer>
-__device__ __forceinline__ void LoadRowRegs(const Act* res_in, const Act* delta, int nvec,
-                                            int4 (&xr)[kPer], int4 (&dr)[kPer]) {
+// AddRmsNormRow with the row held in registers (kPer vectors a thread, D / kV <= kPer * kThreads):
+// one pass of loads, all in flight at once, no staging row. The vectors stay packed (16 bytes
+// each, unpacked where used: half the registers of floats, so more blocks fit an SM). The same
+// thread-to-vector map and summation order, so the same bits as AddRmsNormRow (kernels_test
+// checks it through the standalone kernel and the GEMV prologue). res_out may equal res_in.
+template <typename Act, typename Weight, int kThreads, int kPer>
+__device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Weight* post_w,
+                                  const Weight* w, Act* res_out, Act* out, int D, float eps,
+                                  float* scratch /* [32] */) {
   constexpr int kV = TVec<Act>::kN;
+  const int nvec = D / kV;
+  int4 xr[kPer], dr[kPer];
 #pragma unroll
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
@@ -186,20 +157,8 @@ __device__ __forceinline__ void LoadRowRegs(const Act* res_in, const Act* delta,
       if (delta != nullptr) dr[p] = *reinterpret_cast<const int4*>(delta + v * kV);
     }
   }
-}
-// has_delta: dr holds the delta row; has_post (implies has_delta): pw the post-norm weights.
-// res_out (may be null) gets the new residual.
-template <typename Act, typename Weight, int kThreads, int kPer>
-__device__ __forceinline__ void NormRowRegs(int4 (&xr)[kPer], const int4 (&dr)[kPer], bool has_delta,
-                                            bool has_post,
-                                            const WeightVec<Weight, TVec<Act>::kN> (&wv)[kPer],
-                                            const WeightVec<Weight, TVec<Act>::kN> (&pw)[kPer],
-                                            Act* res_out, Act* out, int D, float eps,
-                                            float* scratch /* [32] */) {
-  constexpr int kV = TVec<Act>::kN;
-  const int nvec = D / kV;
   float inv_post = 0.f;
-  if (has_post) {
+  if (delta != nullptr && post_w != nullptr) {
     float ss = 0.f;
 #pragma unroll
     for (int p = 0; p < kPer; ++p) {
@@ -218,11 +177,10 @@ __device__ __forceinline__ void NormRowRegs(int4 (&xr)[kPer], const int4 (&dr)[k
     if (v >= nvec) continue;
     float x[kV];
     Vec16<Act>::Unpack(xr[p], x);
-    if (has_delta) {
-      float d[kV], pwf[kV];
+    if (delta != nullptr) {
+      float d[kV];
       Vec16<Act>::Unpack(dr[p], d);
-      if (has_post) pw[p].Unpack(pwf);
-      AddDeltaW<Act, kV>(x, d, pwf, has_post, inv_post);
+      AddDelta<Act, Weight, kV>(x, d, post_w, v * kV, inv_post);
       xr[p] = TVec<Act>::Pack(x);  // exact: x holds Act values
       if (res_out != nullptr) *reinterpret_cast<int4*>(res_out + v * kV) = xr[p];
     }
@@ -233,10 +191,9 @@ __device__ __forceinline__ void NormRowRegs(int4 (&xr)[kPer], const int4 (&dr)[k
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
     if (v >= nvec) continue;
-    float x[kV], wf[kV];
+    float x[kV];
     Vec16<Act>::Unpack(xr[p], x);
-    wv[p].Unpack(wf);
-    ScaleByNormW<Act, kV>(x, wf, inv);
+    ScaleByNorm<Act, Weight, kV>(x, w + v * kV, inv);
     TVec<Act>::Store(out + v * kV, x);
   }
 }
