@@ -391,6 +391,120 @@ TEST_P(KernelTest, AttentionLongPromptAndMultiQueryGroups) {
   RunAttentionCase(GetParam(), {16, 2, 64, {1, 1}, {65, 9}, 4}, 12);
 }
 
+// Decode steps past the GEMV sizes: bias + rotary + K/V write inside the attention kernel
+// (AttentionArgs::rotary) give the same bits as LaunchRotaryKvWrite followed by the attention,
+// for every decode block shape, with and without flash-decoding splits, and for a graph-padding
+// sequence (no context, no cache slot).
+TEST_P(KernelTest, DecodeAttentionWithFusedRotaryMatchesRotaryKernelThenAttentionBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  const int H = 32, Hkv = 2, Dh = 128, rot = 64, bs = 16;
+  const std::vector<int> context = {1, 45, 300, 700, 2000, 0};  // the last: graph padding
+  const int S = static_cast<int>(context.size()), T = S;
+  const int q_stride = (H + 2 * Hkv) * Dh;
+  Rng rng(21);
+  int stride = 1, total_blocks = 2;
+  for (int c : context) stride = std::max(stride, (c + bs - 1) / bs), total_blocks += (c + bs - 1) / bs;
+  std::vector<int32_t> perm(total_blocks);
+  for (int i = 0; i < total_blocks; ++i) perm[i] = i;
+  for (int i = total_blocks - 1; i > 0; --i) std::swap(perm[i], perm[rng.Next() % (i + 1)]);
+  std::vector<int32_t> bt(S * stride, 0), qstart, positions, slots, items;
+  int next = 0;
+  for (int s = 0; s < S; ++s) {
+    for (int b = 0; b < (context[s] + bs - 1) / bs; ++b) bt[s * stride + b] = perm[next++];
+    qstart.push_back(s);
+    items.push_back(s);
+    const int pos = std::max(context[s] - 1, 0);
+    positions.push_back(pos);
+    slots.push_back(context[s] == 0 ? -1 : bt[s * stride + pos / bs] * bs + pos % bs);
+  }
+  qstart.push_back(T);
+  std::vector<float> inv(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+  const int64_t cache_n = int64_t{total_blocks} * bs * Hkv * Dh;
+  const auto h_raw = rng.Vector(T * q_stride, -1.5, 1.5);
+  const auto h_bias = rng.Vector(q_stride, -0.5, 0.5);
+  const auto h_k = rng.Vector(cache_n, -1.5, 1.5), h_v = rng.Vector(cache_n, -1, 1);
+  TypedBuffer raw(tc.types.act, T * q_stride), q_ref(tc.types.act, T * q_stride), bias(tc.types.weight, q_stride);
+  TypedBuffer kc(tc.types.weight, cache_n), vc(tc.types.weight, cache_n), kc_ref(tc.types.weight, cache_n),
+      vc_ref(tc.types.weight, cache_n), out(tc.types.act, T * H * Dh), out_ref(tc.types.act, T * H * Dh);
+  bias.Upload(h_bias);
+  void *d_bt, *d_stride, *d_qs, *d_ctx, *d_pos, *d_slots, *d_items, *d_tok, *d_inv, *d_counters;
+  testing::UploadInts(&d_bt, bt);
+  testing::UploadInts(&d_stride, {stride});
+  testing::UploadInts(&d_qs, qstart);
+  testing::UploadInts(&d_ctx, std::vector<int32_t>(context.begin(), context.end()));
+  testing::UploadInts(&d_pos, positions);
+  testing::UploadInts(&d_slots, slots);
+  testing::UploadInts(&d_items, items);
+  testing::UploadInts(&d_tok, std::vector<int32_t>(S, 0));
+  testing::UploadInts(&d_counters, std::vector<int32_t>(S * Hkv, 0));
+  cudaMalloc(&d_inv, inv.size() * 4);
+  cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+  const int max_splits = 8;
+  float *d_po = nullptr, *d_ml = nullptr;
+  cudaMalloc(&d_po, sizeof(float) * max_splits * T * H * Dh);
+  cudaMalloc(&d_ml, sizeof(float) * max_splits * T * H * 2);
+  cuda::AttentionArgs a;
+  a.q_stride = q_stride;
+  a.block_tables = static_cast<int32_t*>(d_bt); a.bt_stride = static_cast<int32_t*>(d_stride);
+  a.seq_qstart = static_cast<int32_t*>(d_qs); a.seq_context = static_cast<int32_t*>(d_ctx);
+  a.positions = static_cast<int32_t*>(d_pos); a.item_seq = static_cast<int32_t*>(d_items);
+  a.item_token = static_cast<int32_t*>(d_tok); a.num_items = S; a.tokens_per_item = 1;
+  a.H = H; a.Hkv = Hkv; a.Dh = Dh; a.block_size = bs; a.scale = 1.0f / std::sqrt(float(Dh));
+  a.partial_out = d_po; a.partial_ml = d_ml; a.T = T;
+  cuda::AttentionArgs fused = a;
+  fused.rotary.bias = bias.get();
+  fused.rotary.inv_freq = static_cast<float*>(d_inv);
+  fused.rotary.rot_dim = rot;
+  fused.rotary.slots = static_cast<int32_t*>(d_slots);
+  if (!cuda::AttentionMmaFusesRotary(tc.types, fused)) {
+    // Not on the tensor-core kernel (fp32, fp16-safe): the attention refuses the fused form.
+    EXPECT_EQ(cuda::LaunchPagedAttention(tc.types, fused, nullptr), cudaErrorInvalidValue);
+    cudaGetLastError();
+  } else {
+    struct Shape { int splits; bool counters; int warps, stages; };
+    const std::vector<Shape> shapes = {{1, false, 0, 0}, {8, true, 0, 0}, {8, false, 0, 0},
+                                       {1, false, 2, 3}, {8, true, 2, 3}, {1, false, 2, 2},
+                                       {1, false, 2, 4}, {1, false, 4, 2}, {8, true, 4, 4}};
+    for (const Shape& sh : shapes) {
+      SCOPED_TRACE(::testing::Message() << "splits " << sh.splits << (sh.counters ? " merged" : "")
+                                        << ", warps " << sh.warps << ", stages " << sh.stages);
+      raw.Upload(h_raw);
+      q_ref.Upload(h_raw);
+      for (TypedBuffer* b : {&kc, &kc_ref}) b->Upload(h_k);
+      for (TypedBuffer* b : {&vc, &vc_ref}) b->Upload(h_v);
+      out.Poison();
+      out_ref.Poison();
+      a.splits = fused.splits = sh.splits;
+      a.split_counters = fused.split_counters = sh.counters ? static_cast<int32_t*>(d_counters) : nullptr;
+      a.decode_warps = fused.decode_warps = sh.warps;
+      a.stages = fused.stages = sh.stages;
+      ASSERT_CUDA(cuda::LaunchRotaryKvWrite(tc.types, q_ref.get(), bias.get(), kc_ref.get(), vc_ref.get(),
+                                            static_cast<int32_t*>(d_pos), static_cast<int32_t*>(d_slots),
+                                            static_cast<float*>(d_inv), T, H, Hkv, Dh, rot, nullptr));
+      a.q = q_ref.get(); a.k_cache = kc_ref.get(); a.v_cache = vc_ref.get(); a.out = out_ref.get();
+      ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
+      fused.q = raw.get(); fused.k_cache = kc.get(); fused.v_cache = vc.get(); fused.out = out.get();
+      fused.rotary.k_cache = kc.get();
+      fused.rotary.v_cache = vc.get();
+      ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, fused, nullptr));
+      EXPECT_EQ(out.Download(), out_ref.Download()) << "attention output";
+      EXPECT_EQ(kc.Download(), kc_ref.Download()) << "K cache";
+      EXPECT_EQ(vc.Download(), vc_ref.Download()) << "V cache";
+      EXPECT_EQ(raw.Download(), q_ref.Upload(h_raw)) << "the raw QKV rows must stay as they were";
+    }
+    // And the reference itself is right (a softmax check, as in the other attention tests, on
+    // the last shape's output: finite everywhere, zero for the padding sequence).
+    const auto got = out.Download();
+    for (int64_t i = 0; i < int64_t{T - 1} * H * Dh; ++i) ASSERT_TRUE(std::isfinite(got[i])) << i;
+    for (int64_t i = int64_t{T - 1} * H * Dh; i < int64_t{T} * H * Dh; ++i) ASSERT_EQ(got[i], 0.f) << i;
+  }
+  for (void* p : {d_bt, d_stride, d_qs, d_ctx, d_pos, d_slots, d_items, d_tok, d_inv, d_counters}) cudaFree(p);
+  cudaFree(d_po);
+  cudaFree(d_ml);
+}
+
 TEST_P(KernelTest, SiluMulMatchesReference) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
