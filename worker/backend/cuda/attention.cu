@@ -227,7 +227,6 @@ int AttentionTokensPerItem(int G) { return G >= kPrefillRows ? 1 : kPrefillRows 
 
 cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& a, cudaStream_t stream) {
   if (a.num_items == 0) return cudaSuccess;
-  if (a.rotary.inv_freq != nullptr && !AttentionMmaFusesRotary(types, a)) return cudaErrorInvalidValue;
   const bool mma = AttentionMmaSupports(types, a);
   const cudaError_t err =
       mma ? LaunchAttentionMma(types, a, stream) : LaunchPagedAttentionSimt(types, a, stream);

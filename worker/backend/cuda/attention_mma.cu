@@ -96,27 +96,6 @@ __device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], const void* p)
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(SmemAddr(p)));
 }
-// The rotary kernel's arithmetic (rotary_kv.cu) on one packed pair of T: x + bias rounded to T,
-// the pair rotated by (c, s) where `rotate`, packed back with T's rounding: the same bits.
-template <typename T>
-__device__ __forceinline__ uint32_t BiasRotatePair(uint32_t raw, const uint32_t* bias_pair, bool rotate,
-                                                   float c, float s) {
-  union Pair {
-    uint32_t u;
-    T e[2];
-  };
-  Pair x{raw};
-  float x0 = ToFloat(x.e[0]), x1 = ToFloat(x.e[1]);
-  if (bias_pair != nullptr) {
-    const Pair b{*bias_pair};
-    x0 = RoundTo<T>(x0 + ToFloat(b.e[0]));
-    x1 = RoundTo<T>(x1 + ToFloat(b.e[1]));
-  }
-  if (rotate) RotatePair(x0, x1, c, s);
-  x.e[0] = FromFloat<T>(x0);
-  x.e[1] = FromFloat<T>(x1);
-  return x.u;
-}
 // 16-byte global -> shared copy; valid == false writes zeros (src is not read).
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
@@ -343,42 +322,10 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
     load_tile(issued, (issued - tile_begin) % STAGES);
     ++issued;
   }
-  // Fused rotary (decode items, RW == 1): the token's cos / sin table, from the step tables and
-  // the constant frequencies, so before the wait.
-  __shared__ float rot_cos[RW == 1 ? kMaxFusedRotaryPairs : 1], rot_sin[RW == 1 ? kMaxFusedRotaryPairs : 1];
-  const bool fused_rotary = RW == 1 && a.rotary.inv_freq != nullptr;
-  if (fused_rotary) {
-    for (int p = tid; p < a.rotary.rot_dim / 2; p += kThreads) {
-      sincosf(static_cast<float>(first_new) * a.rotary.inv_freq[p], &rot_sin[p], &rot_cos[p]);
-    }
-  }
   GridDependencyWait();
 
   uint32_t qa[kKS][4];
   if constexpr (RW == 1) {
-    const int t = it.token_begin;  // the item's token (decode: one)
-    const uint32_t* bias = static_cast<const uint32_t*>(a.rotary.bias);
-    if (fused_rotary) {
-      __syncthreads();  // the cos / sin table
-      // The new token's K and V rows (bias; K rotated) into the cache, by the split block that
-      // reads the context's last tile (no other block of this step reads them), before that
-      // tile is copied.
-      const int64_t slot = a.rotary.slots[t];
-      if (tile_end == num_tiles && tile_begin < tile_end && slot >= 0) {
-        const uint32_t* raw = reinterpret_cast<const uint32_t*>(q + static_cast<int64_t>(t) * a.q_stride);
-        for (int p = tid; p < DH; p += kThreads) {  // DH / 2 pairs of K, then of V
-          const bool is_v = p >= DH / 2;
-          const int pair = is_v ? p - DH / 2 : p;
-          const int col = ((is_v ? a.H + a.Hkv : a.H) + kvh) * DH + 2 * pair;
-          const bool rotate = !is_v && 2 * pair < a.rotary.rot_dim;
-          const uint32_t v = BiasRotatePair<T>(raw[col / 2], bias ? bias + col / 2 : nullptr, rotate,
-                                               rotate ? rot_cos[pair] : 1.f, rotate ? rot_sin[pair] : 0.f);
-          void* cache = is_v ? a.rotary.v_cache : a.rotary.k_cache;
-          reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(cache) + (slot * a.Hkv + kvh) * DH)[pair] = v;
-        }
-      }
-      __syncthreads();  // the new rows are stored before any thread's tile copy reads them
-    }
     // The tiles with the new tokens' K/V first (their loads overlap the Q loads), then Q's A
     // fragments from global memory: a[0] = (row g, cols 2tq, 2tq + 1), a[1] = row g + 8,
     // a[2] / a[3] the same 8 columns on (ldmatrix's layout, without the shared-memory pass).
@@ -388,37 +335,20 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
     }
     const uint32_t* q_lo = nullptr;
     const uint32_t* q_hi = nullptr;
-    const int h_lo = kvh * G + g % G, h_hi = kvh * G + (g + 8) % G;
     if (g < nrows) {
-      q_lo = reinterpret_cast<const uint32_t*>(q + it.Token(g, G) * a.q_stride + h_lo * DH);
+      q_lo = reinterpret_cast<const uint32_t*>(q + it.Token(g, G) * a.q_stride + (kvh * G + g % G) * DH);
     }
     if (g + 8 < nrows) {
-      q_hi = reinterpret_cast<const uint32_t*>(q + it.Token(g + 8, G) * a.q_stride + h_hi * DH);
+      q_hi = reinterpret_cast<const uint32_t*>(q + it.Token(g + 8, G) * a.q_stride +
+                                               (kvh * G + (g + 8) % G) * DH);
     }
-    if (fused_rotary) {
-      // Bias and rotation on the fragments (pairs (2i, 2i + 1) are GLM's rotary pairs).
-      const uint32_t* b_lo = bias ? bias + h_lo * DH / 2 : nullptr;
-      const uint32_t* b_hi = bias ? bias + h_hi * DH / 2 : nullptr;
 #pragma unroll
-      for (int ks = 0; ks < kKS; ++ks) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int c = (ks * 16 + 2 * tq) / 2 + 4 * half;  // the pair index (32-bit words)
-          const bool rotate = 2 * c < a.rotary.rot_dim;
-          const float cs = rotate ? rot_cos[c] : 1.f, sn = rotate ? rot_sin[c] : 0.f;
-          qa[ks][2 * half] = q_lo ? BiasRotatePair<T>(q_lo[c], b_lo ? b_lo + c : nullptr, rotate, cs, sn) : 0u;
-          qa[ks][2 * half + 1] = q_hi ? BiasRotatePair<T>(q_hi[c], b_hi ? b_hi + c : nullptr, rotate, cs, sn) : 0u;
-        }
-      }
-    } else {
-#pragma unroll
-      for (int ks = 0; ks < kKS; ++ks) {
-        const int c = (ks * 16 + 2 * tq) / 2;  // in 32-bit pairs
-        qa[ks][0] = q_lo ? q_lo[c] : 0u;
-        qa[ks][1] = q_hi ? q_hi[c] : 0u;
-        qa[ks][2] = q_lo ? q_lo[c + 4] : 0u;
-        qa[ks][3] = q_hi ? q_hi[c + 4] : 0u;
-      }
+    for (int ks = 0; ks < kKS; ++ks) {
+      const int c = (ks * 16 + 2 * tq) / 2;  // in 32-bit pairs
+      qa[ks][0] = q_lo ? q_lo[c] : 0u;
+      qa[ks][1] = q_hi ? q_hi[c] : 0u;
+      qa[ks][2] = q_lo ? q_lo[c + 4] : 0u;
+      qa[ks][3] = q_hi ? q_hi[c + 4] : 0u;
     }
     __syncthreads();  // row_pos
   } else {
@@ -762,13 +692,6 @@ cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& a, cudaSt
   if (a.num_items == 0) return cudaSuccess;
   const int G = a.H / a.Hkv;
   return types.act == DType::kBF16 ? LaunchDh<Bf16>(a, G, stream) : LaunchDh<__half>(a, G, stream);
-}
-
-bool AttentionMmaFusesRotary(KernelTypes types, const AttentionArgs& a) {
-  const int G = a.Hkv > 0 ? a.H / a.Hkv : 0;
-  const int rot = a.rotary.rot_dim;
-  return AttentionMmaSupports(types, a) && a.tokens_per_item == 1 && G <= 16 && rot >= 0 &&
-         rot % 2 == 0 && rot <= a.Dh && rot / 2 <= kMaxFusedRotaryPairs;
 }
 
 bool AttentionMmaMergesSplits(const AttentionArgs& a) {

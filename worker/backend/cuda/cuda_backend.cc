@@ -144,16 +144,6 @@ int MinTilesPerSplit() {
   return v;
 }
 
-// GLM_CUDA_FUSED_ROTARY=0: decode steps run the separate rotary/KV-write kernel before the
-// attention (A/B runs of the fusion; the results are the same bits either way).
-bool FusedDecodeRotary() {
-  static const bool on = [] {
-    const char* e = std::getenv("GLM_CUDA_FUSED_ROTARY");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  return on;
-}
-
 KernelTypes TypesFor(Precision p) {
   switch (p) {
     case Precision::kFp32: return {DType::kF32, DType::kF32};
@@ -902,6 +892,26 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     }
     char* k_layer = k_cache_.get<char>() + l * kv_layer_elems * welem;
     char* v_layer = v_cache_.get<char>() + l * kv_layer_elems * welem;
+    if (decode_gemv) {
+      const cuda::GemvNormIn nin = norm_in(in_delta, in_post, w.input_norm);
+      RETURN_IF_ERROR(Phase(fused_norm ? "gemm_qkv_norm_rotary" : "gemm_qkv_rotary", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchGemvQkvRotary(
+            types_, normed_.get(), w.qkv.get(), qkv_.get(), T, D, nullptr, w.qkv_bias.get(),
+            k_layer, v_layer, step + L.positions(), step + L.slots(), inv_freq_.get<float>(), H,
+            Hkv, Dh, static_cast<int>(config_.rotary_dim()), stream_, fused_norm ? &nin : nullptr));
+        return absl::OkStatus();
+      }));
+      if (fused_norm && in_delta != nullptr) std::swap(res, res_alt);
+    } else {
+      RETURN_IF_ERROR(Phase("gemm_qkv", [&] { return Gemm(normed_.get(), T, QKV, D, w.qkv, qkv_.get()); }));
+      RETURN_IF_ERROR(Phase("rotary_kv", [&] {
+        CUDA_RETURN_IF_ERROR(cuda::LaunchRotaryKvWrite(
+            types_, qkv_.get(), w.qkv_bias.get(), k_layer, v_layer, step + L.positions(),
+            step + L.slots(), inv_freq_.get<float>(), T, H, Hkv, Dh,
+            static_cast<int>(config_.rotary_dim()), stream_));
+        return absl::OkStatus();
+      }));
+    }
     cuda::AttentionArgs a;
     a.q = qkv_.get();
     a.q_stride = QKV;
@@ -928,38 +938,6 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
     a.T = T;
     a.split_counters = split_counters_.get<int32_t>();
     a.min_tiles_per_split = MinTilesPerSplit();
-    // Decode steps past the GEMV sizes (tokens_per_item 1 is a decode-only step): the bias,
-    // rotary and K/V write run inside the attention kernel (one kernel a layer fewer).
-    if (!decode_gemv && tokens_per_item == 1) {
-      a.rotary.bias = w.qkv_bias.get();
-      a.rotary.inv_freq = inv_freq_.get<float>();
-      a.rotary.rot_dim = static_cast<int>(config_.rotary_dim());
-      a.rotary.slots = step + L.slots();
-      a.rotary.k_cache = k_layer;
-      a.rotary.v_cache = v_layer;
-      if (!FusedDecodeRotary() || !cuda::AttentionMmaFusesRotary(types_, a)) a.rotary = {};
-    }
-    const bool fused_rotary = a.rotary.inv_freq != nullptr;
-    if (decode_gemv) {
-      const cuda::GemvNormIn nin = norm_in(in_delta, in_post, w.input_norm);
-      RETURN_IF_ERROR(Phase(fused_norm ? "gemm_qkv_norm_rotary" : "gemm_qkv_rotary", [&] {
-        CUDA_RETURN_IF_ERROR(cuda::LaunchGemvQkvRotary(
-            types_, normed_.get(), w.qkv.get(), qkv_.get(), T, D, nullptr, w.qkv_bias.get(),
-            k_layer, v_layer, step + L.positions(), step + L.slots(), inv_freq_.get<float>(), H,
-            Hkv, Dh, static_cast<int>(config_.rotary_dim()), stream_, fused_norm ? &nin : nullptr));
-        return absl::OkStatus();
-      }));
-      if (fused_norm && in_delta != nullptr) std::swap(res, res_alt);
-    } else {
-      RETURN_IF_ERROR(Phase("gemm_qkv", [&] { return Gemm(normed_.get(), T, QKV, D, w.qkv, qkv_.get()); }));
-      if (!fused_rotary) RETURN_IF_ERROR(Phase("rotary_kv", [&] {
-        CUDA_RETURN_IF_ERROR(cuda::LaunchRotaryKvWrite(
-            types_, qkv_.get(), w.qkv_bias.get(), k_layer, v_layer, step + L.positions(),
-            step + L.slots(), inv_freq_.get<float>(), T, H, Hkv, Dh,
-            static_cast<int>(config_.rotary_dim()), stream_));
-        return absl::OkStatus();
-      }));
-    }
     RETURN_IF_ERROR(Phase("attention", [&] {  // flash-decoding partials merged inside
       CUDA_RETURN_IF_ERROR(cuda::LaunchPagedAttention(types_, a, stream_));
       return absl::OkStatus();

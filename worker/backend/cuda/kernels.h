@@ -94,20 +94,6 @@ struct AttentionArgs {
   int decode_warps = 0;
   int stages = 0;
   int T = 0;
-  // Decode steps (every item one sequence with one new token): the QKV bias, the rotary
-  // embedding and the new token's K/V cache write done inside the tensor-core kernel instead of
-  // LaunchRotaryKvWrite before it (40 kernels fewer a step; AttentionMmaFusesRotary says where it
-  // applies). q then holds the raw QKV GEMM rows ([T, q_stride]: Q heads, K heads, V heads, no
-  // bias, not rotated; left unchanged) and k_cache / v_cache must be these writable pointers.
-  // inv_freq == nullptr: q is already rotated and the new K/V are in the cache.
-  struct FusedRotary {
-    const void* bias = nullptr;       // [q_stride] weight type, or null
-    const float* inv_freq = nullptr;  // [rot_dim / 2]
-    int rot_dim = 0;
-    const int32_t* slots = nullptr;   // [T] cache slot of each token; < 0: none (graph padding)
-    void* k_cache = nullptr;
-    void* v_cache = nullptr;
-  } rotary;
 };
 // Tokens one prefill work item holds for G query heads per KV head.
 int AttentionTokensPerItem(int G);
@@ -119,11 +105,6 @@ cudaError_t LaunchPagedAttention(KernelTypes types, const AttentionArgs& args, c
 // LaunchPagedAttention picks it by itself where it applies.
 bool AttentionMmaSupports(KernelTypes types, const AttentionArgs& args);
 cudaError_t LaunchAttentionMma(KernelTypes types, const AttentionArgs& args, cudaStream_t stream);
-// Whether LaunchPagedAttention can take args.rotary (decode items of one token, <= 16 query rows
-// each, on the tensor-core kernel, rot_dim <= 2 * kMaxFusedRotaryPairs); the caller still passes
-// only decode steps. LaunchPagedAttention refuses args.rotary elsewhere.
-constexpr int kMaxFusedRotaryPairs = 64;
-bool AttentionMmaFusesRotary(KernelTypes types, const AttentionArgs& args);
 // Whether LaunchAttentionMma merges the flash-decoding splits inside the kernel (decode items of
 // <= 16 rows, given split_counters); otherwise the partials need LaunchAttentionCombine.
 bool AttentionMmaMergesSplits(const AttentionArgs& args);

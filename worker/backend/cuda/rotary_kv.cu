@@ -72,15 +72,13 @@ __global__ void RotaryKvWriteVecKernel(Act* __restrict__ qkv, const Weight* __re
                                        int rot_dim) {
   constexpr int kV = TVec<Act>::kN;
   __shared__ float sin_tab[kMaxRotPairs], cos_tab[kMaxRotPairs];
-  // The token's cos / sin from the step tables and the constant frequencies: before the PDL
-  // wait, overlapping the QKV GEMM's tail.
+  GridDependencyWait();
+  LaunchDependents();
   const int t = blockIdx.x;
   const int width = (H + 2 * Hkv) * Dh;
   const int64_t slot = slots[t];
   const float pos = static_cast<float>(positions[t]);
   for (int p = threadIdx.x; p < rot_dim / 2; p += blockDim.x) sincosf(pos * inv_freq[p], &sin_tab[p], &cos_tab[p]);
-  GridDependencyWait();
-  LaunchDependents();
   __syncthreads();
   Act* row = qkv + static_cast<int64_t>(t) * width;
   const int nvec = width / kV;
