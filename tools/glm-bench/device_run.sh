@@ -47,6 +47,10 @@ parse_setting() {
   IFS=',' read -ra settings <<<"$setting"
   tag=$(echo "$setting" | tr -c 'A-Za-z0-9_\n' _)
 }
+# The Nsight Compute report lines the ncu-* targets print (each adds its own metrics), and the
+# stall-reason lines with a nonzero value.
+ncu_lines='^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit'
+ncu_stalls='stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]'
 # ncu_small_bench FILE OUTPUT_LEN NCU_ARGS...: Nsight Compute (unlocked clocks, the common
 # sections plus NCU_ARGS) on a short bench run, bs1 parts cut down, the offline-throughput run
 # kept (256 x 512 prompt tokens, OUTPUT_LEN tokens out); output to FILE.
@@ -110,7 +114,7 @@ for what in "$@"; do
           $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
           --precision bf16 --skip-throughput >"$OUT/ncu_$k.txt" 2>&1
         echo "ncu $k: rc=$?"
-        grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Stall|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit" "$OUT/ncu_$k.txt" | head -80
+        grep -E "$ncu_lines|Stall" "$OUT/ncu_$k.txt" | head -80
       done ;;
     ncu-256)
       # The large-batch decode attention (2 warps, 3 stages: only the 256-wide decode steps of the
@@ -120,7 +124,7 @@ for what in "$@"; do
         --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3>" --launch-skip 80 --launch-count 2 \
         --section SchedulerStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu attention 256: rc=$?"
-      grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|L2 Hit|L1/TEX Hit|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_attn256.txt" | head -80 ;;
+      grep -E "$ncu_lines|$ncu_stalls" "$OUT/ncu_attn256.txt" | head -80 ;;
     ncu-elementwise)
       # The prefill-sized (8192-token step) residual-add + RMSNorm, SiLU-and-multiply and rotary
       # kernels of the offline-throughput prefill.
@@ -139,7 +143,7 @@ for what in "$@"; do
         --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats \
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"
-      grep -E "^  [A-Za-z].*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Block Size|Dynamic Shared|Warp Cycles Per Issued|Issued Warp|Executed Ipc|L2 Hit|L1/TEX Hit|bank_conflicts|inst_executed.sum|hmma|Pipe|stalled_[a-z_]*_per_issue_active.ratio +[a-z]* +[0-9.]*[1-9]" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
+      grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
     hf)
       timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
