@@ -1,6 +1,7 @@
 // The whole CUDA forward pass against the CPU reference backend on tiny random checkpoints of
 // both architectures: mixed steps (chunked prefill + decodes of several sequences over shuffled
-// KV blocks), then decode steps that replay CUDA graphs. fp32: greedy tokens identical and logits
+// KV blocks), then decode steps that replay CUDA graphs, and a warmed-up backend (graphs
+// captured before the first step) bit for bit the same. fp32: greedy tokens identical and logits
 // close; bf16 / fp16-safe: logits within tolerance.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -74,12 +75,20 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
   opts.max_num_seqs = 8;
   auto cpu = MakeCpuBackend();
   auto gpu = MakeCudaBackend();
+  // The same model warmed up first (Backend::WarmUp: every decode graph captured from dummy
+  // steps on KV block 0 before any real step): it must give the lazily capturing backend's
+  // logits bit for bit, real sequences on block 0 included.
+  auto warm = MakeCudaBackend();
   ASSERT_TRUE(cpu->Load(*config, **ckpt, opts).ok());
   absl::Status load = gpu->Load(*config, **ckpt, opts);
   ASSERT_TRUE(load.ok()) << load;
+  ASSERT_TRUE(warm->Load(*config, **ckpt, opts).ok());
   const int bs = 16, num_blocks = 64;
   ASSERT_TRUE(cpu->AllocateKvCache(num_blocks, bs).ok());
   ASSERT_TRUE(gpu->AllocateKvCache(num_blocks, bs).ok());
+  ASSERT_TRUE(warm->AllocateKvCache(num_blocks, bs).ok());
+  absl::Status warm_up = warm->WarmUp(opts.max_num_seqs);
+  ASSERT_TRUE(warm_up.ok()) << warm_up;
   EXPECT_GT(gpu->KvBlocksThatFit(bs), 0);
 
   // Sequences on a shuffled block pool (scattered blocks), chunked prefill, then decode.
@@ -101,6 +110,11 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
     absl::Status gs = gpu->Forward(batch, &got);
     ASSERT_TRUE(gs.ok()) << gs;
     ASSERT_EQ(got.size(), want.size());
+    std::vector<float> got_warm;
+    ASSERT_TRUE(warm->Forward(batch, &got_warm).ok());
+    ASSERT_EQ(got_warm.size(), got.size());
+    EXPECT_EQ(0, std::memcmp(got_warm.data(), got.data(), got.size() * sizeof(float)))
+        << "the warmed-up backend differs at step " << step;
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_TRUE(std::isfinite(got[i])) << "step " << step << " logit " << i;
       const double d = std::fabs(double(got[i]) - want[i]);
@@ -174,7 +188,9 @@ TEST(CudaBackendTest, RejectsBadStepsWithInvalidArgument) {
   LoadOptions opts;
   opts.precision = Precision::kFp32;
   ASSERT_TRUE(gpu->Load(*config, **ckpt, opts).ok());
+  EXPECT_EQ(gpu->WarmUp(4).code(), absl::StatusCode::kFailedPrecondition);  // no KV cache yet
   ASSERT_TRUE(gpu->AllocateKvCache(8, 16).ok());
+  EXPECT_EQ(gpu->WarmUp(0).code(), absl::StatusCode::kInvalidArgument);
   StepBatch batch;
   batch.token_ids = {1, static_cast<int32_t>(config->vocab_size)};  // second id out of range
   batch.positions = {0, 1};

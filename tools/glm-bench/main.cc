@@ -304,6 +304,14 @@ absl::Status RunEngineMode(Figures* fig) {
     const int64_t need = int64_t{n} * per_seq_blocks;
     if (fit == 0 || fit >= need) {
       RETURN_IF_ERROR(backend->AllocateKvCache(static_cast<int32_t>(need), block_size));
+      // What a worker does at start-up (Engine::Create): first-use costs of the decode batch
+      // sizes (graph capture, GEMM tuning) paid before the clock starts.
+      t0 = Clock::now();
+      RETURN_IF_ERROR(backend->WarmUp(concurrency));
+      const double warmup_s = Seconds(t0, Clock::now());
+      fig->j["warmup_s"] = warmup_s;
+      std::printf("warm-up (decode graphs and GEMM tuning for up to %d sequences): %.2f s\n",
+                  concurrency, warmup_s);
       std::vector<std::vector<int32_t>> seq_tokens(n), seq_blocks(n);
       for (int r = 0; r < n; ++r) {
         for (int b = 0; b < per_seq_blocks; ++b) seq_blocks[r].push_back(r * per_seq_blocks + b);
@@ -388,6 +396,29 @@ absl::Status RunEngineMode(Figures* fig) {
     eo.max_num_seqs = concurrency;
     eo.max_num_batched_tokens = max_batched;
     eo.worker_name = "glm-bench";
+    // Where the Engine's wall time goes, step by step (the observer runs at the end of each
+    // step, so the time between two calls is one step, host work included): steps with prefill
+    // tokens, decode-only steps of the full concurrency, and the other decode-only steps.
+    struct StepTimes {
+      Clock::time_point last;
+      int prefill_steps = 0, full_steps = 0, other_steps = 0;
+      double prefill_s = 0, full_s = 0, other_s = 0;
+    } steps_seen;
+    eo.step_observer = [&steps_seen, concurrency](const StepInfo& info) {
+      const Clock::time_point now = Clock::now();
+      const double dt = Seconds(steps_seen.last, now);
+      steps_seen.last = now;
+      if (info.num_batched_tokens > info.batch_size) {
+        ++steps_seen.prefill_steps;
+        steps_seen.prefill_s += dt;
+      } else if (info.batch_size == concurrency) {
+        ++steps_seen.full_steps;
+        steps_seen.full_s += dt;
+      } else {
+        ++steps_seen.other_steps;
+        steps_seen.other_s += dt;
+      }
+    };
     const int64_t fit = backend->KvBlocksThatFit(block_size);
     if (fit > 0) {
       eo.num_kv_blocks = static_cast<int32_t>(fit);
@@ -400,6 +431,7 @@ absl::Status RunEngineMode(Figures* fig) {
     int64_t generated = 0, failed = 0;
     std::vector<double> first_token_s(n, -1);
     t0 = Clock::now();
+    steps_seen.last = t0;
     for (int r = 0; r < n; ++r) {
       GenerationRequest req;
       req.request_id = absl::StrFormat("bench-%d", r);
@@ -433,6 +465,15 @@ absl::Status RunEngineMode(Figures* fig) {
                 n, in_len, out_len, concurrency, wall, generated / wall,
                 (generated + int64_t{n} * in_len) / wall, static_cast<long long>(st.steps),
                 static_cast<long long>(st.preemptions), static_cast<long long>(failed));
+    fig->j["throughput"]["step_times"] = {
+        {"prefill_steps", steps_seen.prefill_steps}, {"prefill_s", steps_seen.prefill_s},
+        {"full_decode_steps", steps_seen.full_steps}, {"full_decode_s", steps_seen.full_s},
+        {"other_decode_steps", steps_seen.other_steps}, {"other_decode_s", steps_seen.other_s}};
+    std::printf("offline steps: %d with prefill tokens %.2f s, %d decode-only at %d sequences %.2f s "
+                "(%.2f ms a step), %d other decode-only %.2f s\n",
+                steps_seen.prefill_steps, steps_seen.prefill_s, steps_seen.full_steps, concurrency,
+                steps_seen.full_s, 1e3 * steps_seen.full_s / std::max(steps_seen.full_steps, 1),
+                steps_seen.other_steps, steps_seen.other_s);
     backend.reset();
     const MemoryReport mem = engine->backend()->Memory();
     fig->j["memory"] = {{"weights", mem.weights}, {"kv_cache", mem.kv_cache},

@@ -94,6 +94,12 @@ class Backend {
   // guard). The default runs Forward() and scans the rows on the host.
   virtual absl::Status ForwardGreedy(const StepBatch& batch, std::vector<int32_t>* token_ids,
                                      std::vector<uint8_t>* finite);
+  // Pays the first-use costs of decode steps of up to max_num_seqs sequences before serving, so
+  // that no request waits for them: on a GPU, each CUDA-graph batch size is run once eagerly
+  // (kernel loads, GEMM tuning) and captured. Dummy steps write into KV block 0 only, which a
+  // sequence always overwrites before it reads; call after AllocateKvCache, before real steps
+  // (graphs are dropped again by AllocateKvCache). Default: nothing to do.
+  virtual absl::Status WarmUp(int32_t max_num_seqs) { return absl::OkStatus(); }
   // KV blocks of block_size tokens that fit in the memory left by weights and activations under
   // LoadOptions::gpu_memory_utilization; 0 when the backend has no device limit (CPU: the engine
   // sizes the pool from its own options).

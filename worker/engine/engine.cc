@@ -685,6 +685,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
         static_cast<int32_t>(std::min<int64_t>(num_blocks, std::numeric_limits<int32_t>::max()));
   }
   RETURN_IF_ERROR(backend->AllocateKvCache(resolved.num_kv_blocks, resolved.block_size));
+  RETURN_IF_ERROR(backend->WarmUp(resolved.max_num_seqs));
 
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = resolved;

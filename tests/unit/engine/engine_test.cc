@@ -167,6 +167,10 @@ TEST(Engine, SixteenConcurrentRequestsGiveTheSameTokensAsEachAlone) {
   ASSERT_TRUE(engine->RunUntilIdle().ok());
   EXPECT_GE(record.max_seqs_in_step, 8);  // really batched
   EXPECT_LE(record.max_tokens_in_step, 24);
+  // The backend was warmed up once, for the engine's sequence limit, before any step.
+  EXPECT_EQ(record.warmups, 1);
+  EXPECT_EQ(record.warmup_max_seqs, options.max_num_seqs);
+  EXPECT_EQ(record.forwards_at_warmup, 0);
   for (const auto& r : requests) {
     Result alone = RunAlone(r, {}, &tokenizer);
     Result batched = collector.Get(r.request_id);

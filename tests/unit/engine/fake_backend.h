@@ -29,6 +29,9 @@ struct FakeBackendRecord {
   int32_t max_tokens_in_step = 0;
   int32_t max_chunk = 0;         // most new tokens of one sequence in one step
   int32_t min_prefill_chunk = 1 << 30;
+  int64_t warmups = 0;               // WarmUp() calls
+  int32_t warmup_max_seqs = 0;       // its argument
+  int64_t forwards_at_warmup = -1;   // forwards before the (last) WarmUp()
 };
 
 inline ModelConfig FakeConfig(int64_t vocab = 64, int64_t max_positions = 256) {
@@ -62,6 +65,17 @@ class FakePagedBackend : public Backend {
   }
   MemoryReport Memory() const override { return {}; }
   const ModelConfig& config() const override { return config_; }
+  // Like the CUDA backend's dummy steps: scribbles on KV block 0 (a sequence that read a slot
+  // it had not written would then see the wrong context).
+  absl::Status WarmUp(int32_t max_num_seqs) override {
+    for (int32_t i = 0; i < block_size_ && !store_.empty(); ++i) store_[static_cast<size_t>(i)] = 1;
+    if (record_) {
+      record_->warmups++;
+      record_->warmup_max_seqs = max_num_seqs;
+      record_->forwards_at_warmup = record_->forwards;
+    }
+    return absl::OkStatus();
+  }
 
   absl::Status Forward(const StepBatch& batch, std::vector<float>* logits) override {
     if (batch.token_ids.size() != batch.positions.size()) {

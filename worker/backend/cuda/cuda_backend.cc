@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -181,6 +182,7 @@ class CudaBackend : public Backend {
                              std::vector<uint8_t>* finite) override;
   MemoryReport Memory() const override;
   int64_t KvBlocksThatFit(int32_t block_size) const override;
+  absl::Status WarmUp(int32_t max_num_seqs) override;
 
  private:
   absl::Status UploadTensor(const Checkpoint& ckpt, const std::string& name,
@@ -596,6 +598,48 @@ absl::Status CudaBackend::AllocateKvCache(int32_t num_blocks, int32_t block_size
   RETURN_IF_ERROR(step_dev_.Allocate(step_capacity_ints_ * 4));
   RETURN_IF_ERROR(step_host_.Allocate(step_capacity_ints_ * 4));
   NotePeak();
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
+  if (num_blocks_ == 0) return absl::FailedPreconditionError("WarmUp() before AllocateKvCache()");
+  if (max_num_seqs <= 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("WarmUp(%d): max_num_seqs must be positive", max_num_seqs));
+  }
+  // With a communicator every step runs eagerly (no graphs), and every rank would have to take
+  // part in the same dummy steps: nothing to warm up here.
+  if (comm_ != nullptr) return absl::OkStatus();
+  const auto start = std::chrono::steady_clock::now();
+  const int most = std::min(max_num_seqs, act_seqs_);
+  std::vector<int32_t> tokens;
+  std::vector<uint8_t> finite;
+  int captured = 0, below = 0;  // below: the previous (smaller) graph size
+  for (int b : kGraphBatchSizes) {
+    if (below >= most) break;  // no step of at most `most` sequences pads to b
+    below = b;
+    if (graphs_.count(b) != 0) continue;
+    // min(b, most) sequences pad to graph size b, like a real step of that many.
+    const int seqs = std::min(b, most);
+    StepBatch batch;
+    for (int i = 0; i < seqs; ++i) {
+      SequenceStep s;
+      s.seq_id = i;
+      s.token_offset = i;
+      s.num_tokens = 1;
+      s.context_len = 1;
+      s.block_table = {0};
+      s.wants_logits = true;
+      batch.token_ids.push_back(0);
+      batch.positions.push_back(0);
+      batch.seqs.push_back(std::move(s));
+    }
+    RETURN_IF_ERROR(ForwardGreedy(batch, &tokens, &finite));
+    captured += graphs_.count(b) != 0 ? 1 : 0;
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  GLM_LOG(INFO) << absl::StrFormat(
+      "cuda backend: warmed up decode steps of up to %d sequences (%d graphs captured) in %.2f s",
+      most, captured, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return absl::OkStatus();
 }
 
