@@ -111,7 +111,6 @@ class LtGemmTest : public ::testing::TestWithParam<TypeCase> {
     const float floor = std::sqrt(static_cast<float>(K)) * alpha();
 
     const int tuned0 = tuner_->tuned_keys(), timed0 = tuner_->timed_keys();
-    const int searched0 = tuner_->searched_keys();
     y_lt.Poison();
     ASSERT_CUDA(cudaDeviceSynchronize());
     absl::Status st = tuner_->Run(stream_, tc.types, xb.get(), wb.get(), y_lt.get(), M, N, K, alpha_dev());
@@ -120,9 +119,6 @@ class LtGemmTest : public ::testing::TestWithParam<TypeCase> {
     EXPECT_EQ(tuner_->timed_keys(), timed0 + (expect_timing ? 1 : 0)) << what;
     EXPECT_EQ(tuner_->tuned_keys(), tuned0 + (expect_timing ? 1 : 0)) << what;
     EXPECT_EQ(tuner_->untimed_keys(), 0) << what;
-    // The configuration search runs for M classes of 64 and more (unless switched off).
-    const bool searched = expect_timing && LtGemmTuner::MClass(M) >= 64 && LtGemmTuner::SearchEnabledByEnv();
-    EXPECT_EQ(tuner_->searched_keys(), searched0 + (searched ? 1 : 0)) << what;
     const std::vector<float> got = y_lt.Download();
     ExpectClose(got, ref, tc.tol, floor, what + " vs cublasGemmEx");
 
@@ -260,29 +256,6 @@ TEST(LtGemmTunerRange, RefusesMOutsideTheDecodeRange) {
   cudaFree(workspace);
 }
 
-// GLM_CUDA_LT_SEARCH=0 at Create: the key is still timed, without the configuration search.
-TEST(LtGemmTunerRange, SearchSwitchedOff) {
-  GLM_REQUIRE_CUDA_DEVICE();
-  const char* old = std::getenv("GLM_CUDA_LT_SEARCH");
-  const std::string saved = old ? old : "";
-  setenv("GLM_CUDA_LT_SEARCH", "0", 1);
-  EXPECT_FALSE(LtGemmTuner::SearchEnabledByEnv());
-  void* workspace = nullptr;
-  ASSERT_CUDA(cudaMalloc(&workspace, kWorkspaceBytes));
-  auto tuner = LtGemmTuner::Create(workspace, kWorkspaceBytes, /*share_choices=*/false);
-  if (old) setenv("GLM_CUDA_LT_SEARCH", saved.c_str(), 1); else unsetenv("GLM_CUDA_LT_SEARCH");
-  ASSERT_TRUE(tuner.ok()) << tuner.status();
-  const int M = 256, N = 512, K = 512;
-  TypedBuffer x(DType::kBF16, M * K), w(DType::kBF16, N * K), y(DType::kBF16, M * N);
-  const absl::Status st =
-      (*tuner)->Run(nullptr, {DType::kBF16, DType::kBF16}, x.get(), w.get(), y.get(), M, N, K, nullptr);
-  EXPECT_TRUE(st.ok()) << st;
-  EXPECT_EQ((*tuner)->timed_keys(), 1);
-  EXPECT_EQ((*tuner)->searched_keys(), 0);
-  tuner->reset();
-  cudaFree(workspace);
-}
-
 TEST(LtGemmTunerRange, EnvSwitch) {
   const char* old = std::getenv("GLM_CUDA_LT_TUNE");
   const std::string saved = old ? old : "";
@@ -293,13 +266,6 @@ TEST(LtGemmTunerRange, EnvSwitch) {
   setenv("GLM_CUDA_LT_TUNE", "0", 1);
   EXPECT_FALSE(LtGemmTuner::EnabledByEnv());
   if (old) setenv("GLM_CUDA_LT_TUNE", saved.c_str(), 1); else unsetenv("GLM_CUDA_LT_TUNE");
-  const char* old_search = std::getenv("GLM_CUDA_LT_SEARCH");
-  const std::string saved_search = old_search ? old_search : "";
-  unsetenv("GLM_CUDA_LT_SEARCH");
-  EXPECT_TRUE(LtGemmTuner::SearchEnabledByEnv());
-  setenv("GLM_CUDA_LT_SEARCH", "0", 1);
-  EXPECT_FALSE(LtGemmTuner::SearchEnabledByEnv());
-  if (old_search) setenv("GLM_CUDA_LT_SEARCH", saved_search.c_str(), 1); else unsetenv("GLM_CUDA_LT_SEARCH");
 }
 
 }  // namespace

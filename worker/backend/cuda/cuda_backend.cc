@@ -128,7 +128,11 @@ struct StepLayout {
   int64_t block_tables() const { return 5LL * tokens + 3LL * seqs + 5; }
 };
 
-constexpr std::array<int, 9> kGraphBatchSizes = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+// Decode CUDA-graph batch sizes: a step of S sequences replays the smallest one >= S (padded
+// rows cost GEMM time, so above 16 they are 16-32 apart, at most 33% padding above 32, instead of
+// up to 50% with powers of two).
+constexpr std::array<int, 17> kGraphBatchSizes = {1,  2,  4,  8,   16,  24,  32,  48, 64,
+                                                  80, 96, 112, 128, 160, 192, 224, 256};
 constexpr int kMaxDecodeSplits = 32;
 // Decode attention blocks per SM that the flash-decoding split aims at: 2, measured best for both
 // kernels (H100, 256 x (512/256): decode step 14.0 ms with 2, 15.6 with 4, 15.4 with 6 for the
@@ -613,10 +617,14 @@ absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
   const int most = std::min(max_num_seqs, act_seqs_);
   std::vector<int32_t> tokens;
   std::vector<uint8_t> finite;
-  int captured = 0, below = 0;  // below: the previous (smaller) graph size
-  for (int b : kGraphBatchSizes) {
-    if (below >= most) break;  // no step of at most `most` sequences pads to b
-    below = b;
+  int captured = 0;
+  // Largest first: the GEMM tuner times each M class (a power of two) at the first exact M it
+  // sees and the smaller sizes of the class adopt that choice, so the class's own size (the
+  // full batch it is named after) is the one it is tuned for.
+  for (size_t k = kGraphBatchSizes.size(); k-- > 0;) {
+    const int b = kGraphBatchSizes[k];
+    const int below = k > 0 ? kGraphBatchSizes[k - 1] : 0;  // the next smaller graph size
+    if (below >= most) continue;  // no step of at most `most` sequences pads to b
     if (graphs_.count(b) != 0) continue;
     // min(b, most) sequences pad to graph size b, like a real step of that many.
     const int seqs = std::min(b, most);

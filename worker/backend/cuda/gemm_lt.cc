@@ -31,15 +31,6 @@ constexpr int32_t kSplits[] = {2, 3, 4, 6, 8};  // split-K variants tried
 constexpr int kMinSplitK = 256;            // K per split at least
 constexpr float kDropFactor = 1.5f;     // one timed run this much slower than the best: dropped
 constexpr float kKeepFirstWithin = 0.01f;  // heuristic-first wins ties within 1%
-// The configuration search (phase 3 of Tune): M classes it runs for, its timing budget and wall
-// cap a key, the heuristic's picks asked for a single algorithm ID, and the most enumerated
-// (tile x stages) configurations timed a key.
-constexpr int kSearchMinMClass = 64;
-constexpr double kSearchBudgetMs = 100.0;
-constexpr double kSearchHardCapMs = 400.0;
-constexpr int kSearchPerId = 8;
-constexpr int kSearchMaxEnumerated = 48;
-constexpr int kMaxAlgoIds = 128;
 
 // Largest power of two <= 256 dividing the address (cuBLASLt assumes 256 unless told).
 int AlignmentOf(const void* p) {
@@ -91,18 +82,6 @@ double TuneBudgetMs() {
   return ms;
 }
 
-// GLM_CUDA_LT_SEARCH_MS: the configuration search's timing budget a key.
-double SearchBudgetMs() {
-  static const double ms = cuda::PositiveEnvOr("GLM_CUDA_LT_SEARCH_MS", static_cast<int>(kSearchBudgetMs));
-  return ms;
-}
-
-// The fraction of its last wave a launch fills (1: whole waves), from cuBLASLt's wave count.
-float WaveFill(float waves) {
-  if (!(waves > 0.f)) return 0.f;
-  return waves / std::ceil(waves);
-}
-
 }  // namespace
 
 int LtGemmTuner::MaxM() {
@@ -115,11 +94,6 @@ bool LtGemmTuner::EnabledByEnv() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-bool LtGemmTuner::SearchEnabledByEnv() {
-  const char* v = std::getenv("GLM_CUDA_LT_SEARCH");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
-
 absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace, size_t workspace_bytes,
                                                                  bool share_choices) {
   if (workspace == nullptr && workspace_bytes > 0) {
@@ -129,7 +103,6 @@ absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace
   t->workspace_ = workspace;
   t->workspace_bytes_ = workspace_bytes;
   t->share_ = share_choices;
-  t->search_ = SearchEnabledByEnv();
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&t->device_));
   CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&t->handle_));
   CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&t->dev_zero_), 16));
@@ -190,8 +163,7 @@ absl::Status LtGemmTuner::MakeDescriptors(const Key& key, Entry* e) const {
 }
 
 absl::Status LtGemmTuner::Heuristics(const Key& key, const Entry& e, int max_results,
-                                     cublasLtMatmulHeuristicResult_t* results, int* returned,
-                                     const cublasLtMatmulAlgo_t* only_id) const {
+                                     cublasLtMatmulHeuristicResult_t* results, int* returned) const {
   *returned = 0;
   cublasLtMatmulPreference_t pref = nullptr;
   CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
@@ -201,12 +173,6 @@ absl::Status LtGemmTuner::Heuristics(const Key& key, const Entry& e, int max_res
     return cublasLtMatmulPreferenceSetAttribute(pref, attr, v, n);
   };
   cublasStatus_t st = set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-  if (only_id != nullptr) {
-    // The heuristic's configurations of one algorithm: the results come in initialized with it.
-    const uint32_t mode = CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID;
-    if (st == CUBLAS_STATUS_SUCCESS) st = set(CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode, sizeof(mode));
-    for (int i = 0; i < max_results; ++i) results[i].algo = *only_id;
-  }
   if (st == CUBLAS_STATUS_SUCCESS) st = set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_w, sizeof(align_w));
   if (st == CUBLAS_STATUS_SUCCESS) st = set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_x, sizeof(align_x));
   if (st == CUBLAS_STATUS_SUCCESS) st = set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_y, sizeof(align_y));
@@ -221,78 +187,6 @@ absl::Status LtGemmTuner::Heuristics(const Key& key, const Entry& e, int max_res
   }
   CUBLAS_RETURN_IF_ERROR(st);
   return absl::OkStatus();
-}
-
-std::vector<LtGemmTuner::SearchCandidate> LtGemmTuner::SearchCandidates(const Key& key,
-                                                                         const Entry& e) const {
-  std::vector<SearchCandidate> out;
-  const cudaDataType_t act = CudaDataType(static_cast<DType>(std::get<3>(key)));
-  const cudaDataType_t weight = CudaDataType(static_cast<DType>(std::get<4>(key)));
-  int ids[kMaxAlgoIds] = {};
-  int num_ids = 0;
-  if (cublasLtMatmulAlgoGetIds(handle_, CUBLAS_COMPUTE_32F, CUDA_R_32F, weight, weight, act, act,
-                               kMaxAlgoIds, ids, &num_ids) != CUBLAS_STATUS_SUCCESS) {
-    return out;
-  }
-  std::vector<SearchCandidate> enumerated;
-  for (int i = 0; i < num_ids; ++i) {
-    cublasLtMatmulAlgo_t algo{};
-    if (cublasLtMatmulAlgoInit(handle_, CUBLAS_COMPUTE_32F, CUDA_R_32F, weight, weight, act, act, ids[i],
-                               &algo) != CUBLAS_STATUS_SUCCESS) {
-      continue;
-    }
-    // (1) The heuristic's own ranking inside this algorithm.
-    cublasLtMatmulHeuristicResult_t results[kSearchPerId] = {};
-    int returned = 0;
-    if (Heuristics(key, e, kSearchPerId, results, &returned, &algo).ok()) {
-      for (int r = 0; r < returned; ++r) {
-        if (results[r].state == CUBLAS_STATUS_SUCCESS && results[r].workspaceSize <= workspace_bytes_) {
-          out.push_back({results[r].algo, absl::StrFormat("id %d heuristic #%d", ids[i], r), 2.f});
-        }
-      }
-    }
-    // (2) Every tile x stages pair the algorithm lists, checked for this shape.
-    uint32_t tiles[256] = {}, stages[256] = {};
-    size_t tile_bytes = 0, stage_bytes = 0;
-    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_TILE_IDS, tiles, sizeof(tiles),
-                                          &tile_bytes) != CUBLAS_STATUS_SUCCESS) {
-      tile_bytes = 0;
-    }
-    if (cublasLtMatmulAlgoCapGetAttribute(&algo, CUBLASLT_ALGO_CAP_STAGES_IDS, stages, sizeof(stages),
-                                          &stage_bytes) != CUBLAS_STATUS_SUCCESS) {
-      stage_bytes = 0;
-    }
-    const size_t num_tiles = std::max<size_t>(tile_bytes / sizeof(uint32_t), 1);
-    const size_t num_stages = std::max<size_t>(stage_bytes / sizeof(uint32_t), 1);
-    for (size_t t = 0; t < num_tiles; ++t) {
-      for (size_t g = 0; g < num_stages; ++g) {
-        cublasLtMatmulAlgo_t v = algo;
-        if (tile_bytes > 0 &&
-            cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_TILE_ID, &tiles[t],
-                                                 sizeof(tiles[t])) != CUBLAS_STATUS_SUCCESS) {
-          continue;
-        }
-        if (stage_bytes > 0 &&
-            cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages[g],
-                                                 sizeof(stages[g])) != CUBLAS_STATUS_SUCCESS) {
-          continue;
-        }
-        cublasLtMatmulHeuristicResult_t check{};
-        if (cublasLtMatmulAlgoCheck(handle_, e.op, e.a, e.b, e.d, e.d, &v, &check) != CUBLAS_STATUS_SUCCESS ||
-            check.state != CUBLAS_STATUS_SUCCESS || check.workspaceSize > workspace_bytes_) {
-          continue;
-        }
-        enumerated.push_back({v, absl::StrFormat("id %d tile %u stages %u", ids[i], tiles[t], stages[g]),
-                              WaveFill(check.wavesCount)});
-      }
-    }
-  }
-  // The enumerated ones by how well they fill their last wave (stable: cuBLASLt's order within).
-  std::stable_sort(enumerated.begin(), enumerated.end(),
-                   [](const SearchCandidate& a, const SearchCandidate& b) { return a.fill > b.fill; });
-  if (enumerated.size() > static_cast<size_t>(kSearchMaxEnumerated)) enumerated.resize(kSearchMaxEnumerated);
-  out.insert(out.end(), enumerated.begin(), enumerated.end());
-  return out;
 }
 
 cublasStatus_t LtGemmTuner::Matmul(cudaStream_t stream, const Entry& e, const cublasLtMatmulAlgo_t& algo,
@@ -423,11 +317,12 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
   // Timing budget: wall time less the warm-up launches (first-use kernel loading, paid once per
   // kernel and process), plus a hard cap on the whole key.
   double spent_ms = 0, last_cost_ms = 0;
-  double budget_ms = TuneBudgetMs(), cap_ms = std::max(kTuneHardCapMs, 5 * TuneBudgetMs());
   float best_ms = std::numeric_limits<float>::infinity();
   int tried = 0, timed = 0;
   auto over_budget = [&] {
-    return std::isfinite(best_ms) && (spent_ms + last_cost_ms > budget_ms || ms_since(start) > cap_ms);
+    return std::isfinite(best_ms) &&
+           (spent_ms + last_cost_ms > TuneBudgetMs() ||
+            ms_since(start) > std::max(kTuneHardCapMs, 5 * TuneBudgetMs()));
   };
   auto time_candidate = [&](Candidate& c) -> absl::Status {
     const Clock::time_point t0 = Clock::now();
@@ -485,33 +380,10 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
     RETURN_IF_ERROR(time_candidate(c));
   }
   const size_t num_heuristic = cands.size();
-  // Phase 3 (before the split-K variants, so they can build on what it finds): configurations
-  // the best-fit list leaves out, for the M classes where tile shape and wave count decide
-  // (decode batches of 64 and more).
-  size_t num_searched = 0;
-  if (search_ && std::get<0>(class_key) >= kSearchMinMClass) {
-    std::vector<std::string> seen;
-    for (const Candidate& c : cands) seen.push_back(Describe(c.algo));
-    for (SearchCandidate& sc : SearchCandidates(key, *e)) {
-      std::string d = Describe(sc.algo);
-      if (std::find(seen.begin(), seen.end(), d) != seen.end()) continue;
-      seen.push_back(std::move(d));
-      cands.push_back({sc.algo, "search " + sc.name});
-    }
-    num_searched = cands.size() - num_heuristic;
-    budget_ms += SearchBudgetMs();
-    cap_ms += std::max(kSearchHardCapMs, 4 * SearchBudgetMs());
-    for (size_t i = num_heuristic; i < cands.size(); ++i) {
-      if (over_budget()) break;
-      RETURN_IF_ERROR(time_candidate(cands[i]));
-    }
-    ++searched_keys_;
-  }
-  const size_t num_before_split = cands.size();
   // Phase 2: split-K variants (fp32 partial sums in the workspace, deterministic) of the two
-  // fastest candidates so far: small-M, small-N GEMMs leave most SMs idle without them.
+  // fastest heuristic candidates: small-M, small-N GEMMs leave most SMs idle without them.
   std::vector<size_t> order;
-  for (size_t i = 0; i < num_before_split; ++i) {
+  for (size_t i = 0; i < num_heuristic; ++i) {
     if (std::isfinite(cands[i].ms)) order.push_back(i);
   }
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cands[a].ms < cands[b].ms; });
@@ -548,7 +420,7 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
       cands.push_back(std::move(v));
     }
   }
-  for (size_t i = num_before_split; i < cands.size(); ++i) {
+  for (size_t i = num_heuristic; i < cands.size(); ++i) {
     if (over_budget()) break;
     RETURN_IF_ERROR(time_candidate(cands[i]));
   }
@@ -583,10 +455,10 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
   }
   GLM_LOG(INFO) << absl::StrFormat(
       "cublasLt tuned %s (M class %d): %s %.1f us vs heuristic-first %.1f us (%.1f%% faster); "
-      "%d of %d candidates timed (%d searched, %d split-K), tuning %.1f ms",
+      "%d of %d candidates timed (%d split-K), tuning %.1f ms",
       what, std::get<0>(class_key), cands[best].name, cands[best].ms * 1e3f, cands[first].ms * 1e3f,
       100.0 * (cands[first].ms - cands[best].ms) / cands[first].ms, timed, static_cast<int>(cands.size()),
-      static_cast<int>(num_searched), static_cast<int>(cands.size() - num_before_split), ms_since(start));
+      static_cast<int>(cands.size() - num_heuristic), ms_since(start));
   return absl::OkStatus();
 }
 

@@ -7,14 +7,10 @@
 // x and w in the weight type, y in the act type, CUBLAS_COMPUTE_32F with fp32 scale (no TF32).
 //
 // Tuning is per class key (N, K, types, alpha mode, pointer alignments, M rounded up to a power
-// of two >= 8: the decode graph buckets are exactly these): the first eager call of a class asks
+// of two >= 8; the backend's warm-up runs each class's own size first, so the decode graphs of
+// that size, the full batches, get the algorithm timed for them): the first eager call of a class asks
 // cublasLtMatmulAlgoGetHeuristic for up to 16 candidates at its own M, times them on the stream,
-// for M classes of 64 and more then searches the configurations that best-fit list leaves out
-// (for every algorithm ID: the heuristic limited to that ID, and every tile x stages pair it lists
-// that cublasLtMatmulAlgoCheck accepts for the shape, those filling their last wave best first;
-// 100 ms more timing, 400 ms more wall time at most; GLM_CUDA_LT_SEARCH=0 turns it off,
-// GLM_CUDA_LT_SEARCH_MS sets its budget), then split-K variants (2..8, fp32 partials in the
-// workspace) of the two fastest (L2 flushed
+// then split-K variants (2..8, fp32 partials in the workspace) of the two fastest (L2 flushed
 // before every run, so the weights come from HBM as in a real step; one warm-up, then 5 timed
 // runs, median; a candidate whose first timed run is 1.5x the best so far is dropped; about 20 ms
 // of timing per class, first-use kernel loads aside, 100 ms at most), keeps the fastest (the
@@ -36,9 +32,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <string>
 #include <tuple>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -67,8 +61,6 @@ class LtGemmTuner {
   static bool Handles(int M) { return M >= kMinM && M <= MaxM(); }
   // False when GLM_CUDA_LT_TUNE=0 (A/B measurements against plain cublasGemmEx).
   static bool EnabledByEnv();
-  // False when GLM_CUDA_LT_SEARCH=0 (the configuration search; read by Create).
-  static bool SearchEnabledByEnv();
 
   // workspace: device memory shared with the cuBLAS handle on the same stream (never used
   // concurrently); it must outlive the tuner. share_choices: look up / publish tuned choices in the
@@ -95,8 +87,6 @@ class LtGemmTuner {
   int tuned_keys() const { return static_cast<int>(class_algos_.size()); }
   // Class keys this tuner timed itself.
   int timed_keys() const { return timed_keys_; }
-  // Class keys whose tuning ran the configuration search.
-  int searched_keys() const { return searched_keys_; }
   // Exact shapes running heuristic candidate 0 untimed (first seen while capturing).
   int untimed_keys() const;
   // The M class: the smallest power of two >= max(M, 8).
@@ -119,17 +109,8 @@ class LtGemmTuner {
   absl::Status MakeDescriptors(const Key& key, Entry* e) const;
   // Up to max_results candidates for the exact shape (alignments and workspace as preferences);
   // *returned = 0 when cuBLASLt has none.
-  // only_id: the heuristic's configurations of that (initialized) algorithm only.
   absl::Status Heuristics(const Key& key, const Entry& e, int max_results,
-                          cublasLtMatmulHeuristicResult_t* results, int* returned,
-                          const cublasLtMatmulAlgo_t* only_id = nullptr) const;
-  struct SearchCandidate {
-    cublasLtMatmulAlgo_t algo;
-    std::string name;
-    float fill;  // the fraction of its last wave the launch fills
-  };
-  // The search's configurations for the exact shape, in the order they are timed.
-  std::vector<SearchCandidate> SearchCandidates(const Key& key, const Entry& e) const;
+                          cublasLtMatmulHeuristicResult_t* results, int* returned) const;
   // Times the candidates for `key` (exact) and settles e; e->unsupported when none runs.
   absl::Status Tune(cudaStream_t stream, const Key& key, const Key& class_key, Entry* e,
                     const void* x, const void* w, void* y, const void* alpha, const void* beta);
@@ -142,7 +123,6 @@ class LtGemmTuner {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   bool share_ = true;
-  bool search_ = true;
   int device_ = 0;
   float* dev_zero_ = nullptr;  // beta for pointer mode device
   void* flush_ = nullptr;      // L2-sized buffer written before each timed run
@@ -152,7 +132,6 @@ class LtGemmTuner {
   std::map<Key, Entry> entries_;                     // exact shapes
   std::map<Key, cublasLtMatmulAlgo_t> class_algos_;  // timed choices
   int timed_keys_ = 0;
-  int searched_keys_ = 0;
 };
 
 }  // namespace glm
