@@ -613,6 +613,12 @@ absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
   // With a communicator every step runs eagerly (no graphs), and every rank would have to take
   // part in the same dummy steps: nothing to warm up here.
   if (comm_ != nullptr) return absl::OkStatus();
+  // GLM_CUDA_WARMUP=0: a benchmark switch (A/B against first-use costs paid while serving).
+  const char* env = std::getenv("GLM_CUDA_WARMUP");
+  if (env != nullptr && std::strcmp(env, "0") == 0) {
+    GLM_LOG(INFO) << "cuda backend: warm-up skipped (GLM_CUDA_WARMUP=0)";
+    return absl::OkStatus();
+  }
   const auto start = std::chrono::steady_clock::now();
   const int most = std::min(max_num_seqs, act_seqs_);
   std::vector<int32_t> tokens;
