@@ -290,14 +290,17 @@ int GemvSmCount() {
 }
 
 // Split-K factor for `rows` streamed weight rows of nvec 16-byte vectors: the smallest S in
-// {1, 2, 4} with rows * S / 8 >= 6 blocks per SM (4 when none reaches it), halved while a slice
+// {1, 2, 4} with rows * S / 8 >= 4 blocks per SM (4 when none reaches it), halved while a slice
 // would have fewer than 64 vectors (two per lane). Based on the weight rows, not the output
 // columns: a kSiluMul warp streams 2 rows (twice the loads in flight), and the choice must be
 // the same as the unfused LaunchGemv over those 2F rows for the fused result to stay bit-exact
 // (likewise kQkvRotary against LaunchGemv over the (H + 2 Hkv) * Dh qkv rows).
-// GLM_CUDA_GEMV_BLOCKS_PER_SM overrides the 6 (a benchmark switch, read once).
+// GLM_CUDA_GEMV_BLOCKS_PER_SM overrides the 4 (a benchmark switch, read once). 4 against 6 at
+// bs1, GLM-4-9B shape, H200 (2026-12-03, twice each in one call): bf16 190.3 -> 194.8 tok/s,
+// fp32 101.4 -> 103.2, fp16-safe 153.6 -> 154.2 (the QKV GEMV runs unsplit); H100 (v7): 3 144.4,
+// 6 144.0, 12 140.1 tok/s.
 int GemvSplitFor(int64_t rows, int nvec) {
-  static const int per_sm = PositiveEnvOr("GLM_CUDA_GEMV_BLOCKS_PER_SM", 6);
+  static const int per_sm = PositiveEnvOr("GLM_CUDA_GEMV_BLOCKS_PER_SM", 4);
   const int64_t want_blocks = per_sm * static_cast<int64_t>(GemvSmCount());
   int s = 4;
   for (int c : {1, 2, 4}) {
