@@ -412,8 +412,9 @@ TEST_P(KernelTest, SiluMulMatchesReference) {
 }
 
 // N = 300 and 64 columns stream few rows, so the launcher splits K four ways (GemvSplitK); the
-// N derived from the SM count give 2 and 1 (6 blocks of 8 warps per SM reached at S = 2 and 1),
-// and K = 1544 bf16 (193 vectors) halves a split of 4 to 2 slices of 96 and 97 vectors.
+// N derived from the SM count give 2 and 1 (4 blocks of 8 warps per SM, the default target,
+// reached at S = 2 and 1), and K = 1544 bf16 (193 vectors) halves a split of 4 to 2 slices of 96
+// and 97 vectors.
 TEST_P(KernelTest, GemvMatchesReferenceForOneToFourRows) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
@@ -421,7 +422,7 @@ TEST_P(KernelTest, GemvMatchesReferenceForOneToFourRows) {
   ASSERT_CUDA(cudaGetDevice(&dev));
   ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   struct Shape { int N, K; };
-  const Shape shapes[] = {{300, 13696}, {64, 8192}, {32 * sms + 24, 4096}, {48 * sms + 8, 1000},
+  const Shape shapes[] = {{300, 13696}, {64, 8192}, {16 * sms + 24, 4096}, {32 * sms + 8, 1000},
                           {20, 1544}, {4 * sms + 3, 200}};
   bool seen[5] = {};
   for (const Shape& sh : shapes) {
