@@ -356,18 +356,7 @@ absl::Status RunEngineMode(Figures* fig) {
       const double prefill_s = Seconds(t0, Clock::now());
       for (int step = 1; step < out_len; ++step) {
         StepBatch b;
-        for (int r = 0; r < n; ++r) {
-          SequenceStep st;
-          st.seq_id = r;
-          st.token_offset = r;
-          st.num_tokens = 1;
-          st.context_len = in_len + step;
-          st.block_table = seq_blocks[r];
-          st.wants_logits = true;
-          b.token_ids.push_back(seq_tokens[r].back());
-          b.positions.push_back(in_len + step - 1);
-          b.seqs.push_back(std::move(st));
-        }
+        for (int r = 0; r < n; ++r) b.AddDecode(r, seq_tokens[r].back(), in_len + step - 1, seq_blocks[r]);
         const bool profile_step = absl::GetFlag(FLAGS_profile) && step >= out_len / 2 && step < out_len / 2 + 2;
         if (profile_step) setenv("GLM_CUDA_PROFILE", "1", 1);
         RETURN_IF_ERROR(backend->ForwardGreedy(b, &next, &finite));

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -38,6 +39,19 @@ struct StepBatch {
   std::vector<int32_t> positions;  // [num_tokens] absolute position of each token
   std::vector<SequenceStep> seqs;  // [num_seqs]
   int num_tokens() const { return static_cast<int>(token_ids.size()); }
+  // Appends a decode row: one new token at `position` (context position + 1), wanting logits.
+  void AddDecode(int64_t seq_id, int32_t token, int32_t position, std::vector<int32_t> block_table) {
+    SequenceStep s;
+    s.seq_id = seq_id;
+    s.token_offset = num_tokens();
+    s.num_tokens = 1;
+    s.context_len = position + 1;
+    s.block_table = std::move(block_table);
+    s.wants_logits = true;
+    token_ids.push_back(token);
+    positions.push_back(position);
+    seqs.push_back(std::move(s));
+  }
   int num_logit_rows() const {
     int n = 0;
     for (const auto& s : seqs) n += s.wants_logits ? 1 : 0;

@@ -116,18 +116,7 @@ int Run(int argc, char** argv) {
   for (int i = 0; i < decode_tokens; ++i) {
     glm::StepBatch decode;
     const int32_t context = prompt + i + 1;
-    for (int s = 0; s < batch; ++s) {
-      glm::SequenceStep seq;
-      seq.seq_id = s;
-      seq.token_offset = s;
-      seq.num_tokens = 1;
-      seq.context_len = context;
-      seq.block_table = block_table(s, context);
-      seq.wants_logits = true;
-      decode.token_ids.push_back(last[s]);
-      decode.positions.push_back(context - 1);
-      decode.seqs.push_back(seq);
-    }
+    for (int s = 0; s < batch; ++s) decode.AddDecode(s, last[s], context - 1, block_table(s, context));
     status = backend->Forward(decode, &logits);
     if (!status.ok()) {
       std::fprintf(stderr, "%s\n", status.ToString().c_str());

@@ -635,18 +635,7 @@ absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
     // min(b, most) sequences pad to graph size b, like a real step of that many.
     const int seqs = std::min(b, most);
     StepBatch batch;
-    for (int i = 0; i < seqs; ++i) {
-      SequenceStep s;
-      s.seq_id = i;
-      s.token_offset = i;
-      s.num_tokens = 1;
-      s.context_len = 1;
-      s.block_table = {0};
-      s.wants_logits = true;
-      batch.token_ids.push_back(0);
-      batch.positions.push_back(0);
-      batch.seqs.push_back(std::move(s));
-    }
+    for (int i = 0; i < seqs; ++i) batch.AddDecode(i, /*token=*/0, /*position=*/0, {0});
     RETURN_IF_ERROR(ForwardGreedy(batch, &tokens, &finite));
     captured += graphs_.count(b) != 0 ? 1 : 0;
   }
