@@ -1,7 +1,8 @@
 // The whole CUDA forward pass against the CPU reference backend on tiny random checkpoints of
 // both architectures: mixed steps (chunked prefill + decodes of several sequences over shuffled
 // KV blocks), then decode steps that replay CUDA graphs, and a warmed-up backend (graphs
-// captured before the first step) bit for bit the same. fp32: greedy tokens identical and logits
+// captured before the first step) bit for bit the same, and sampling on the device picking what
+// the host sampler picks from the same logits. fp32: greedy tokens identical and logits
 // close; bf16 / fp16-safe: logits within tolerance.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -153,6 +154,40 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
         EXPECT_EQ(greedy[r], std::max_element(g, g + V) - g);
         EXPECT_EQ(finite[r], 1);
       }
+      // Sampling on the device: the same tokens as Sampler on the host from these logits, for
+      // a mix of samplers in one batch (rows the device leaves to the host included).
+      std::vector<SamplingParams> params(row_seq.size());
+      std::vector<std::vector<int32_t>> scopes(row_seq.size());
+      std::vector<RowSampling> rows;
+      for (size_t r = 0; r < row_seq.size(); ++r) {
+        SamplingParams& p = params[r];
+        const float* g = got.data() + r * V;
+        switch ((r + step) % 5) {
+          case 0: p.temperature = 0.8f; p.top_k = 5; break;
+          case 1: p.temperature = 1.0f; p.top_p = 0.9f; break;
+          case 2: p.temperature = 1.0f; break;
+          case 3: p.temperature = 0.0f; p.repetition_penalty = 1.3f; break;
+          default: p.temperature = 0.7f; p.top_k = 2000; p.top_p = 0.5f; p.repetition_penalty = 0.9f;
+        }
+        p.seed = 1000 + 31 * step + r;
+        scopes[r] = {static_cast<int32_t>(std::max_element(g, g + V) - g), 1, 2, 2};
+        rows.push_back(RowSampling{&p, step, &scopes[r]});
+      }
+      std::vector<int32_t> sampled;
+      std::vector<uint8_t> sampled_finite;
+      absl::Status ss = gpu->ForwardSample(batch, rows, &sampled, &sampled_finite);
+      ASSERT_TRUE(ss.ok()) << ss;
+      ASSERT_EQ(sampled.size(), row_seq.size());
+      Sampler host;
+      for (size_t r = 0; r < row_seq.size(); ++r) {
+        std::vector<float> row(got.begin() + r * V, got.begin() + (r + 1) * V);
+        const SampleOutcome want = host.Sample(row, params[r], scopes[r], step);
+        EXPECT_EQ(sampled_finite[r], want.nonfinite ? 0 : 1);
+        EXPECT_EQ(sampled[r], want.token_id) << "step " << step << " row " << r;
+      }
+      rows.pop_back();
+      EXPECT_EQ(gpu->ForwardSample(batch, rows, &sampled, &sampled_finite).code(),
+                absl::StatusCode::kInvalidArgument);
     }
     ++steps;
   }

@@ -14,6 +14,7 @@
 
 #include "tests/gpu/gpu_test_util.h"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/sampling/sampler.h"
 
 namespace glm {
 namespace {
@@ -745,6 +746,228 @@ TEST_P(KernelTest, ArgmaxPicksFirstMaximumAndFlagsNonFiniteRows) {
   }
   cudaFree(d_tok);
   cudaFree(d_fin);
+}
+
+// One row of a LaunchSample test: its logits, parameters and penalty scope, and whether the
+// device must leave it to the host.
+struct SampleCase {
+  std::string what;
+  std::vector<float> logits;
+  SamplingParams params;
+  std::vector<int32_t> context;
+  int64_t generated_index = 0;
+  bool want_fallback = false;
+};
+
+// Runs LaunchSample over the cases (one row each, vocabulary V) and checks every row against
+// Sampler::Sample on the same logits: the same token and finite flag, or the expected fallback.
+void ExpectSampleMatchesHost(const std::vector<SampleCase>& cases, int V) {
+  const int rows = static_cast<int>(cases.size());
+  std::vector<float> all;
+  std::vector<cuda::SampleRowArgs> args(rows);
+  std::vector<int32_t> ctx;
+  bool with_penalty = false;
+  for (int r = 0; r < rows; ++r) {
+    const SampleCase& c = cases[r];
+    ASSERT_EQ(static_cast<int>(c.logits.size()), V) << c.what;
+    all.insert(all.end(), c.logits.begin(), c.logits.end());
+    cuda::SampleRowArgs& a = args[r];
+    a.uniform = PhiloxUniform(c.params.seed, static_cast<uint64_t>(c.generated_index));
+    a.temperature = c.params.temperature;
+    a.top_p = c.params.top_p;
+    a.top_k = c.params.top_k;
+    a.penalty = c.params.repetition_penalty;
+    a.ctx_begin = static_cast<int32_t>(ctx.size());
+    a.ctx_len = static_cast<int32_t>(c.context.size());
+    ctx.insert(ctx.end(), c.context.begin(), c.context.end());
+    with_penalty |= c.params.repetition_penalty != 1.f;
+  }
+  TypedBuffer logits(DType::kF32, static_cast<int64_t>(rows) * V);
+  logits.Upload(all);
+  void *d_args = nullptr, *d_ctx = nullptr, *d_out = nullptr;
+  ASSERT_CUDA(cudaMalloc(&d_args, rows * sizeof(cuda::SampleRowArgs)));
+  ASSERT_CUDA(cudaMemcpy(d_args, args.data(), rows * sizeof(cuda::SampleRowArgs), cudaMemcpyHostToDevice));
+  if (ctx.empty()) ctx.push_back(0);
+  testing::UploadInts(&d_ctx, ctx);
+  ASSERT_CUDA(cudaMalloc(&d_out, 3 * rows * 4));
+  ASSERT_CUDA(cudaMemset(d_out, 0x7f, 3 * rows * 4));  // unwritten outputs fail
+  int32_t* out = static_cast<int32_t*>(d_out);
+  ASSERT_CUDA(cuda::LaunchSample(logits.as<float>(), rows, V, static_cast<cuda::SampleRowArgs*>(d_args),
+                                 static_cast<int32_t*>(d_ctx), with_penalty, out, out + rows,
+                                 out + 2 * rows, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<int32_t> got(3 * rows);
+  ASSERT_CUDA(cudaMemcpy(got.data(), d_out, 3 * rows * 4, cudaMemcpyDeviceToHost));
+  cudaFree(d_args);
+  cudaFree(d_ctx);
+  cudaFree(d_out);
+  Sampler host;
+  int on_device = 0;
+  for (int r = 0; r < rows; ++r) {
+    const SampleCase& c = cases[r];
+    const int32_t token = got[r], finite = got[rows + r], fallback = got[2 * rows + r];
+    ASSERT_TRUE(fallback == 0 || fallback == 1) << c.what << ": fallback flag " << fallback;
+    EXPECT_EQ(fallback, c.want_fallback ? 1 : 0) << c.what;
+    if (fallback) continue;
+    ++on_device;
+    std::vector<float> row = c.logits;
+    const SampleOutcome want = host.Sample(row, c.params, c.context, c.generated_index);
+    EXPECT_EQ(finite, want.nonfinite ? 0 : 1) << c.what;
+    if (!want.nonfinite) {
+      EXPECT_EQ(token, want.token_id) << c.what;
+    }
+  }
+  EXPECT_GT(on_device, 0);
+}
+
+SamplingParams Params(float temperature, float top_p, int top_k, float penalty, uint64_t seed) {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_p = top_p;
+  p.top_k = top_k;
+  p.repetition_penalty = penalty;
+  p.seed = seed;
+  return p;
+}
+
+// Rows of `V` logits where `peak` tokens stand well above a flat floor (a nucleus of a few
+// tokens, like a trained model's), with exact ties among the peaks.
+std::vector<float> PeakedRow(Rng& rng, int V, int peak) {
+  std::vector<float> row = rng.Vector(V, -4, 0);
+  for (int i = 0; i < peak; ++i) {
+    const int id = 1 + static_cast<int>(rng.Uniform(0, 1) * (V - 2));
+    if (i % 4 == 3) {
+      row[id] = row[id - 1] = 9.f;  // a tie
+    } else {
+      row[id] = rng.Uniform(6, 12);
+    }
+  }
+  return row;
+}
+
+TEST(SampleKernelTest, PicksWhatTheHostSamplerPicks) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  EXPECT_GE(cuda::SampleMaxPenaltyVocab(), 151552) << "GLM-4's vocabulary must fit the penalty bitmap";
+  for (const int V : {300, 4099, 151552}) {
+    SCOPED_TRACE("V " + std::to_string(V));
+    Rng rng(50 + V);
+    std::vector<SampleCase> cases;
+    const int draws = V > 10000 ? 6 : 24;  // draws a configuration (seeds and indices differ)
+    const auto add = [&](const std::string& what, SamplingParams p, bool peaked, bool fallback,
+                         bool penalized = false) {
+      for (int d = 0; d < draws; ++d) {
+        SampleCase c;
+        c.what = what + " draw " + std::to_string(d);
+        c.logits = peaked ? PeakedRow(rng, V, 40) : rng.Vector(V, -3, 3);
+        c.params = p;
+        c.params.seed = p.seed + 7919 * d;
+        c.generated_index = d * 3;
+        if (penalized) {
+          for (int i = 0; i < 200; ++i) c.context.push_back(static_cast<int32_t>(rng.Uniform(0, 1) * (V - 1)));
+          // The row's top tokens are in the scope (so the penalty changes the result) twice.
+          const int top = static_cast<int>(std::max_element(c.logits.begin(), c.logits.end()) - c.logits.begin());
+          c.context.push_back(top);
+          c.context.push_back(top);
+        }
+        c.want_fallback = fallback;
+        cases.push_back(std::move(c));
+      }
+    };
+    add("greedy + penalty", Params(0, 1, 0, 1.3f, 1), true, false, true);
+    add("temperature 1, whole vocabulary", Params(1, 1, 0, 1, 2), false, false);
+    add("temperature 0.7, whole vocabulary, peaked", Params(0.7f, 1, 0, 1, 3), true, false);
+    add("top-k 1", Params(1, 1, 1, 1, 4), false, false);
+    add("top-k 5", Params(0.8f, 1, 5, 1, 5), true, false);
+    add("top-k 50", Params(1.2f, 1, 50, 1, 6), false, false);
+    add("top-k 1024", Params(1, 1, 1024, 1, 7), false, false);
+    add("top-k 1025", Params(1, 1, 1025, 1, 8), false, V > 1025);
+    add("top-p 0.5, peaked", Params(1, 0.5f, 0, 1, 9), true, false);
+    add("top-p 0.9, peaked", Params(0.9f, 0.9f, 0, 1, 10), true, false);
+    add("top-k 40 + top-p 0.8", Params(1, 0.8f, 40, 1, 11), false, false);
+    add("top-k 20 + top-p 0.95 + penalty, peaked", Params(0.6f, 0.95f, 20, 1.5f, 12), true, false, true);
+    add("temperature + penalty", Params(1, 1, 0, 0.8f, 13), false, false, true);
+    // A flat row's top-p nucleus is most of the vocabulary: more than the device keeps.
+    add("top-p 0.9, flat", Params(1, 0.9f, 0, 1, 14), false, V > 1024);
+    // Ties at the k-th logit: all kept (HF), here within the candidates.
+    for (int d = 0; d < draws; ++d) {
+      SampleCase c;
+      c.what = "top-k 3 with ties at the 3rd, draw " + std::to_string(d);
+      c.logits = rng.Vector(V, -3, 3);
+      c.logits[V - 1] = 10.f;
+      for (int i = 0; i < 6; ++i) c.logits[(i * 37 + d) % (V - 1)] = 7.f;
+      c.params = Params(1, 1, 3, 1, 15 + d);
+      c.generated_index = d;
+      cases.push_back(std::move(c));
+    }
+    // Ties at the k-th logit beyond the candidates' room: the host decides.
+    if (V > 2048) {
+      SampleCase c;
+      c.what = "top-k 10 with 2,000 ties at the 10th";
+      c.logits = rng.Vector(V, -3, 3);
+      for (int i = 0; i < 2000; ++i) c.logits[i] = 5.f;
+      c.params = Params(1, 1, 10, 1, 40);
+      c.want_fallback = true;
+      cases.push_back(std::move(c));
+    }
+    // Non-finite rows: no token whatever the sampler; the penalty cannot hide a NaN.
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+      SampleCase c;
+      c.what = "non-finite " + std::to_string(bad);
+      c.logits = rng.Vector(V, -3, 3);
+      c.logits[V / 2] = bad;
+      c.params = Params(1, 0.9f, 50, 1.2f, 41);
+      c.context = {V / 2, 1};
+      cases.push_back(std::move(c));
+    }
+    ExpectSampleMatchesHost(cases, V);
+  }
+}
+
+// Sampling from the device over many draws follows the softmax: the tokens' frequencies over
+// 4,096 draws of one peaked row match their probabilities (top-k 8, temperature 0.5).
+TEST(SampleKernelTest, FrequenciesFollowTheDistribution) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const int V = 8195, draws = 4096;
+  Rng rng(77);
+  std::vector<float> row = rng.Vector(V, -5, 0);
+  const int ids[8] = {10, 2000, 3000, 4000, 5000, 6000, 7000, V - 1};
+  const float vals[8] = {3.0f, 2.8f, 2.5f, 2.2f, 2.0f, 1.5f, 1.0f, 0.5f};
+  for (int i = 0; i < 8; ++i) row[ids[i]] = vals[i];
+  std::vector<float> all;
+  all.reserve(static_cast<size_t>(draws) * V);
+  std::vector<cuda::SampleRowArgs> args(draws);
+  for (int d = 0; d < draws; ++d) {
+    all.insert(all.end(), row.begin(), row.end());
+    args[d].uniform = PhiloxUniform(1234, d);
+    args[d].temperature = 0.5f;
+    args[d].top_k = 8;
+  }
+  TypedBuffer logits(DType::kF32, static_cast<int64_t>(draws) * V);
+  logits.Upload(all);
+  void *d_args = nullptr, *d_out = nullptr;
+  ASSERT_CUDA(cudaMalloc(&d_args, draws * sizeof(cuda::SampleRowArgs)));
+  ASSERT_CUDA(cudaMemcpy(d_args, args.data(), draws * sizeof(cuda::SampleRowArgs), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMalloc(&d_out, 3 * draws * 4));
+  int32_t* out = static_cast<int32_t*>(d_out);
+  ASSERT_CUDA(cuda::LaunchSample(logits.as<float>(), draws, V, static_cast<cuda::SampleRowArgs*>(d_args),
+                                 nullptr, false, out, out + draws, out + 2 * draws, nullptr));
+  std::vector<int32_t> got(3 * draws);
+  ASSERT_CUDA(cudaMemcpy(got.data(), d_out, 3 * draws * 4, cudaMemcpyDeviceToHost));
+  cudaFree(d_args);
+  cudaFree(d_out);
+  double z = 0;
+  for (float v : vals) z += std::exp((v - vals[0]) / 0.5);
+  for (int i = 0; i < 8; ++i) {
+    const double p = std::exp((vals[i] - vals[0]) / 0.5) / z;
+    const int n = static_cast<int>(std::count(got.begin(), got.begin() + draws, ids[i]));
+    const double sd = std::sqrt(draws * p * (1 - p));
+    EXPECT_NEAR(n, draws * p, 5 * sd + 1) << "token " << ids[i] << " p " << p;
+  }
+  for (int d = 0; d < draws; ++d) {
+    ASSERT_EQ(got[draws + d], 1);
+    ASSERT_EQ(got[2 * draws + d], 0);
+    ASSERT_TRUE(std::find(ids, ids + 8, got[d]) != ids + 8) << "draw " << d << " picked " << got[d];
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, KernelTest, ::testing::ValuesIn(kTypeCases),

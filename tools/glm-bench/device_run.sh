@@ -7,7 +7,8 @@
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
 #     [ncu-256] (the same for the 256-wide decode attention) [ncu-elementwise] (and for the
 #     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
-#     the offline run's 8,192-token steps)
+#     the offline run's 8,192-token steps) [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline
+#     throughput with glm-bench sampling flags, e.g. sample-temperature=1,top_k=50)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -96,6 +97,14 @@ for what in "$@"; do
       echo "== A/B run with $setting"
       env "${settings[@]}" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
         --precision bf16 --json "$OUT/bench_ab_$tag.json" 2>&1 | tee "$OUT/bench_ab_$tag.log" | grep -v "^I " ;;
+    sample-*)
+      # The offline run with a sampler (the flags after "sample-", comma-separated).
+      IFS=',' read -ra flags <<<"${what#sample-}"
+      tag=$(echo "${what#sample-}" | tr -c 'A-Za-z0-9_\n' _)
+      echo "== sampling run with ${flags[*]}"
+      timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 "${flags[@]/#/--}" --json "$OUT/bench_sample_$tag.json" 2>&1 |
+        tee "$OUT/bench_sample_$tag.log" | grep -v "^I " ;;
     ab1-*)
       # bs1 decode and TTFT only (no throughput run) with env VAR=VALUE.
       parse_setting "${what#ab1-}"

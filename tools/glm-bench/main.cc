@@ -61,6 +61,10 @@ ABSL_FLAG(int32_t, output_len, 256, "offline throughput: generated tokens per re
 ABSL_FLAG(int32_t, concurrency, 256, "offline throughput: running requests at most");
 ABSL_FLAG(int32_t, max_batched_tokens, 8192, "offline throughput: token budget per engine step");
 ABSL_FLAG(bool, skip_throughput, false, "skip the offline-throughput part");
+ABSL_FLAG(double, temperature, 0.0, "offline throughput: sampling temperature (0 = greedy)");
+ABSL_FLAG(int32_t, top_k, 0, "offline throughput: top-k (0 = off)");
+ABSL_FLAG(double, top_p, 1.0, "offline throughput: top-p (1 = off)");
+ABSL_FLAG(double, repetition_penalty, 1.0, "offline throughput: repetition penalty (1 = off)");
 ABSL_FLAG(bool, profile, false, "CUDA: log a per-phase time breakdown (GLM_CUDA_PROFILE) of bs1 decode, "
           "the TTFT step, the second offline-throughput prefill step and two of its decode steps");
 ABSL_FLAG(std::string, baseline, "", "hf: also run transformers (python3 + torch) on the same checkpoint");
@@ -68,6 +72,17 @@ ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
 
 namespace glm {
 namespace {
+
+// The offline run's sampler, as the report names it: "greedy" or its parameters.
+std::string SamplingLabel() {
+  const double t = absl::GetFlag(FLAGS_temperature);
+  const double penalty = absl::GetFlag(FLAGS_repetition_penalty);
+  std::string label = t > 0 ? absl::StrFormat("temperature %g", t) : std::string("greedy");
+  if (t > 0 && absl::GetFlag(FLAGS_top_k) > 0) absl::StrAppendFormat(&label, ", top-k %d", absl::GetFlag(FLAGS_top_k));
+  if (t > 0 && absl::GetFlag(FLAGS_top_p) < 1) absl::StrAppendFormat(&label, ", top-p %g", absl::GetFlag(FLAGS_top_p));
+  if (penalty != 1) absl::StrAppendFormat(&label, ", repetition penalty %g", penalty);
+  return label;
+}
 
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -431,7 +446,11 @@ absl::Status RunEngineMode(Figures* fig) {
       }
       req.max_new_tokens = out_len;
       req.ignore_eos = true;
-      req.sampling.temperature = 0.f;
+      req.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
+      req.sampling.top_k = absl::GetFlag(FLAGS_top_k);
+      req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
+      req.sampling.repetition_penalty = static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty));
+      req.sampling.seed = static_cast<uint64_t>(r);
       RETURN_IF_ERROR(engine->Submit(req, [&, r](const TokenEvent& ev) {
         if (ev.token_id >= 0) {
           ++generated;
@@ -444,14 +463,17 @@ absl::Status RunEngineMode(Figures* fig) {
     const double wall = Seconds(t0, Clock::now());
     const EngineStats st = engine->Stats();
     fig->j["throughput"] = {{"requests", n}, {"input_len", in_len}, {"output_len", out_len},
+                            {"temperature", absl::GetFlag(FLAGS_temperature)},
+                            {"top_k", absl::GetFlag(FLAGS_top_k)}, {"top_p", absl::GetFlag(FLAGS_top_p)},
+                            {"repetition_penalty", absl::GetFlag(FLAGS_repetition_penalty)},
                             {"concurrency", concurrency}, {"wall_s", wall},
                             {"generated_tok_s", generated / wall},
                             {"total_tok_s", (generated + int64_t{n} * in_len) / wall},
                             {"failed", failed}, {"steps", st.steps}, {"preemptions", st.preemptions},
                             {"kv_blocks", st.kv_blocks_total}};
-    std::printf("offline: %d requests x (%d in, %d out), concurrency %d: %.1f s, %.0f generated tok/s "
-                "(%.0f total tok/s), %lld steps, %lld preemptions, %lld failed\n",
-                n, in_len, out_len, concurrency, wall, generated / wall,
+    std::printf("offline: %d requests x (%d in, %d out), concurrency %d, %s: %.1f s, %.0f generated "
+                "tok/s (%.0f total tok/s), %lld steps, %lld preemptions, %lld failed\n",
+                n, in_len, out_len, concurrency, SamplingLabel().c_str(), wall, generated / wall,
                 (generated + int64_t{n} * in_len) / wall, static_cast<long long>(st.steps),
                 static_cast<long long>(st.preemptions), static_cast<long long>(failed));
     fig->j["throughput"]["step_times"] = {

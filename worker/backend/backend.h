@@ -10,12 +10,14 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "worker/backend/sampling/sampler.h"
 #include "worker/model/config.h"
 #include "worker/precision/precision.h"
 
@@ -57,6 +59,15 @@ struct StepBatch {
     for (const auto& s : seqs) n += s.wants_logits ? 1 : 0;
     return n;
   }
+};
+
+// How one logit row's next token is picked (Sampler::Sample's arguments): the request's
+// parameters, the index of the token being generated (its Philox draw) and the repetition
+// penalty's scope (prompt + generated ids, all in [0, vocab)).
+struct RowSampling {
+  const SamplingParams* params = nullptr;
+  int64_t generated_index = 0;
+  const std::vector<int32_t>* context_ids = nullptr;
 };
 
 struct LoadOptions {
@@ -108,6 +119,13 @@ class Backend {
   // guard). The default runs Forward() and scans the rows on the host.
   virtual absl::Status ForwardGreedy(const StepBatch& batch, std::vector<int32_t>* token_ids,
                                      std::vector<uint8_t>* finite);
+  // Runs the step and picks each logit row's token the way Sampler::Sample would from
+  // Forward()'s logits (greedy, temperature, top-k, top-p, repetition penalty, the non-finite
+  // guard: finite = 0 and no token for a row with a NaN/Inf). rows: one per logit row, in
+  // Forward()'s order. The default runs Forward() (ForwardGreedy() when every row is plain
+  // greedy) and Sampler on the host; a GPU backend samples on the device.
+  virtual absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
+                                     std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite);
   // Pays the first-use costs of decode steps of up to max_num_seqs sequences before serving, so
   // that no request waits for them: on a GPU, each CUDA-graph batch size is run once eagerly
   // (kernel loads, GEMM tuning) and captured. Dummy steps write into KV block 0 only, which a
@@ -138,6 +156,39 @@ inline absl::Status Backend::ForwardGreedy(const StepBatch& batch,
       if (best < 0 || row[j] > row[best]) best = j;
     }
     (*token_ids)[r] = static_cast<int32_t>(best < 0 ? 0 : best);
+  }
+  return absl::OkStatus();
+}
+
+// True when every row is greedy without a repetition penalty (ForwardGreedy() suffices).
+inline bool AllPlainGreedy(std::span<const RowSampling> rows) {
+  for (const RowSampling& row : rows) {
+    if (!row.params->greedy() || row.params->repetition_penalty != 1.0f) return false;
+  }
+  return true;
+}
+
+inline absl::Status Backend::ForwardSample(const StepBatch& batch,
+                                           std::span<const RowSampling> rows,
+                                           std::vector<int32_t>* token_ids,
+                                           std::vector<uint8_t>* finite) {
+  if (static_cast<int>(rows.size()) != batch.num_logit_rows()) {
+    return absl::InvalidArgumentError("ForwardSample: one RowSampling per logit row is needed");
+  }
+  if (AllPlainGreedy(rows)) return ForwardGreedy(batch, token_ids, finite);
+  std::vector<float> logits;
+  absl::Status status = Forward(batch, &logits);
+  if (!status.ok()) return status;
+  const int64_t vocab = config().vocab_size;
+  token_ids->assign(rows.size(), 0);
+  finite->assign(rows.size(), 1);
+  Sampler sampler;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    std::span<float> row(logits.data() + static_cast<int64_t>(r) * vocab, static_cast<size_t>(vocab));
+    const SampleOutcome outcome =
+        sampler.Sample(row, *rows[r].params, *rows[r].context_ids, rows[r].generated_index);
+    (*finite)[r] = outcome.nonfinite ? 0 : 1;
+    (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
   }
   return absl::OkStatus();
 }

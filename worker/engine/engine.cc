@@ -13,7 +13,7 @@
 #include "services/core/logging.h"
 #include "services/core/status_macros.h"
 #include "worker/engine/kv_cache_manager.h"
-#include "worker/engine/sampler.h"
+#include "worker/backend/sampling/sampler.h"
 #include "worker/engine/scheduler.h"
 #include "worker/engine/sequence.h"
 
@@ -188,8 +188,9 @@ class Engine::Impl {
   std::vector<PendingEvent> events_;
   StepBatch batch_;
   std::vector<float> logits_;  // [num_logit_rows, vocab]
-  std::vector<int32_t> greedy_tokens_;  // [num_logit_rows] from Backend::ForwardGreedy
-  std::vector<uint8_t> greedy_finite_;  // [num_logit_rows] 1 when the row's logits were finite
+  std::vector<RowSampling> row_sampling_;  // [num_logit_rows] for Backend::ForwardSample
+  std::vector<int32_t> sampled_tokens_;    // [num_logit_rows] from Backend::ForwardSample
+  std::vector<uint8_t> sampled_finite_;    // [num_logit_rows] 1 when the row's logits were finite
   int64_t steps_ = 0;
   int64_t prompt_tokens_ = 0;
   int64_t generated_tokens_ = 0;
@@ -366,23 +367,25 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     batch_.seqs.push_back(std::move(step));
   }
 
-  // When every row is plain greedy and nobody watches logits, the backend picks the tokens
-  // itself (on a GPU: argmax + non-finite check on the device, no [rows, vocab] copy to the host).
-  bool device_greedy = !options_.logits_observer;
-  for (const ScheduledSequence& scheduled : output.scheduled) {
-    const SamplingParams& sampling = scheduled.seq->request.sampling;
-    if (!sampling.greedy() || sampling.repetition_penalty != 1.0f) device_greedy = false;
-  }
+  // Unless someone watches logits, the backend picks the tokens itself (on a GPU: sampling and
+  // the non-finite check on the device, no [rows, vocab] copy to the host).
+  const bool backend_samples = !options_.logits_observer;
   absl::Status status;
   size_t expected = static_cast<size_t>(batch_.num_logit_rows()) * vocab_size_;
-  if (device_greedy) {
-    status = backend_->ForwardGreedy(batch_, &greedy_tokens_, &greedy_finite_);
+  if (backend_samples) {
+    row_sampling_.clear();
+    for (size_t i = 0; i < output.scheduled.size(); ++i) {
+      if (!batch_.seqs[i].wants_logits) continue;
+      const Sequence* seq = output.scheduled[i].seq;
+      row_sampling_.push_back({&seq->request.sampling, seq->num_generated(), &seq->token_ids});
+    }
+    status = backend_->ForwardSample(batch_, row_sampling_, &sampled_tokens_, &sampled_finite_);
     expected = static_cast<size_t>(batch_.num_logit_rows());
-    if (status.ok() && greedy_finite_.size() != expected) greedy_tokens_.clear();
+    if (status.ok() && sampled_finite_.size() != expected) sampled_tokens_.clear();
   } else {
     status = backend_->Forward(batch_, &logits_);
   }
-  const size_t produced = device_greedy ? greedy_tokens_.size() : logits_.size();
+  const size_t produced = backend_samples ? sampled_tokens_.size() : logits_.size();
   if (status.ok() && produced != expected) {
     status = absl::InternalError(absl::StrFormat(
         "backend %s returned %d values for %d rows of vocabulary %d", backend_->Name(),
@@ -419,9 +422,9 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     if (!batch_.seqs[i].wants_logits) continue;
     Sequence* seq = output.scheduled[i].seq;
     const int32_t generated_index = seq->num_generated();
-    if (device_greedy) {
-      const bool finite = greedy_finite_[row] != 0;
-      const int32_t token = greedy_tokens_[row];
+    if (backend_samples) {
+      const bool finite = sampled_finite_[row] != 0;
+      const int32_t token = sampled_tokens_[row];
       row++;
       if (!finite) {
         FailNonFinite(seq, generated_index);

@@ -7,18 +7,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "worker/backend/sampling/sampler.h"  // SamplingParams
 
 namespace glm {
-
-struct SamplingParams {
-  float temperature = 1.0f;         // 0 => greedy (argmax)
-  float top_p = 1.0f;               // (0, 1]
-  int32_t top_k = 0;                // 0 => off
-  float repetition_penalty = 1.0f;  // HF semantics: logit / p if > 0 else logit * p, over prompt+generated
-  uint64_t seed = 0;                // the draw for generated token i uses Philox(seed, i): a request
-                                    // resumed after k tokens continues the same random stream
-  bool greedy() const { return temperature <= 0.0f; }
-};
 
 enum class FinishReason { kNone = 0, kEos, kStopString, kLength, kCancelled, kError };
 const char* FinishReasonName(FinishReason reason);  // "eos", "stop", "length", "cancelled", "error"

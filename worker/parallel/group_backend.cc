@@ -142,6 +142,14 @@ class GroupBackend final : public Backend {
                [&] { return local_->ForwardGreedy(batch, token_ids, finite); });
   }
 
+  // The leader samples; the followers only take part in the step (ForwardGreedy runs the same
+  // collectives as Forward, and their tokens are dropped).
+  absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
+                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite) override {
+    return Run(GroupMessageKind::kForwardGreedy, batch,
+               [&] { return local_->ForwardSample(batch, rows, token_ids, finite); });
+  }
+
   MemoryReport Memory() const override { return local_->Memory(); }
   const ModelConfig& config() const override { return local_->config(); }
   int64_t KvBlocksThatFit(int32_t block_size) const override {

@@ -1,8 +1,9 @@
 // Tensor parallelism end to end in one process: N ranks on threads over the CPU communicator,
 // each a CPU backend holding its shard; rank 0 runs the engine through the group backend
 // (worker/parallel/group_backend.h), the others RunFollower. TP=2 and TP=4 must give TP=1's
-// greedy tokens (and the transformers fixtures' greedy_fp32) and logits within 1e-5; a follower
-// that dies must bring the group down within seconds.
+// greedy tokens (and the transformers fixtures' greedy_fp32) and logits within 1e-5; sampled
+// requests must get the same tokens through the group's ForwardSample as through Forward and the
+// engine's sampler; a follower that dies must bring the group down within seconds.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -43,9 +44,12 @@ struct RunOutput {
   absl::Status status;
 };
 
-// Loads the checkpoint on tp ranks (threads), runs the prompts through rank 0's engine.
+// Loads the checkpoint on tp ranks (threads), runs the prompts through rank 0's engine: greedy
+// unless `sampling` is given (request p then uses seed sampling->seed + p); observe_logits records
+// every logit row (the engine then samples from Forward()'s logits, not ForwardSample()).
 RunOutput RunGroup(const std::string& dir, int tp, const std::vector<Prompt>& prompts,
-                   Precision precision = Precision::kFp32) {
+                   Precision precision = Precision::kFp32, const SamplingParams* sampling = nullptr,
+                   bool observe_logits = true) {
   RunOutput out;
   out.tokens.resize(prompts.size());
   auto config = LoadModelConfig(dir);
@@ -79,11 +83,13 @@ RunOutput RunGroup(const std::string& dir, int tp, const std::vector<Prompt>& pr
     EngineOptions options;
     options.kv_cache_bytes = 8 << 20;
     options.block_size = 8;
-    options.logits_observer = [&](const std::string& id, int32_t index, const float* logits,
-                                  int64_t vocab) {
-      std::lock_guard<std::mutex> lock(mu);
-      out.logits[{std::stoi(id), index}] = std::vector<float>(logits, logits + vocab);
-    };
+    if (observe_logits) {
+      options.logits_observer = [&](const std::string& id, int32_t index, const float* logits,
+                                    int64_t vocab) {
+        std::lock_guard<std::mutex> lock(mu);
+        out.logits[{std::stoi(id), index}] = std::vector<float>(logits, logits + vocab);
+      };
+    }
     auto engine = Engine::Create(options, std::move(group), nullptr);
     if (!engine.ok()) return engine.status();
     absl::Status first_error;
@@ -93,6 +99,10 @@ RunOutput RunGroup(const std::string& dir, int tp, const std::vector<Prompt>& pr
       request.prompt_token_ids = prompts[p].ids;
       request.max_new_tokens = prompts[p].max_new_tokens;
       request.sampling.temperature = 0.f;
+      if (sampling != nullptr) {
+        request.sampling = *sampling;
+        request.sampling.seed = sampling->seed + p;
+      }
       request.ignore_eos = true;
       absl::Status submitted = (*engine)->Submit(request, [&, p](const TokenEvent& event) {
         std::lock_guard<std::mutex> lock(mu);
@@ -182,6 +192,31 @@ TEST_P(TensorParallelGolden, Bf16EmulationTp2TracksTp1) {
   float max_abs = 0;
   for (float v : a) max_abs = std::max(max_abs, std::abs(v));
   EXPECT_LE(MaxDiff(a, b), 0.03f * max_abs);
+}
+
+TEST_P(TensorParallelGolden, Tp2SamplesLikeTheEnginesOwnSampler) {
+  // Without a logits observer the engine calls ForwardSample: the group's leader samples its
+  // gathered logits, the followers take part in the step. The same requests with an observer go
+  // through Forward() and the engine's Sampler; TP=2's logits are deterministic, so the tokens
+  // must be the same.
+  SamplingParams sampling;
+  sampling.temperature = 0.9f;
+  sampling.top_k = 20;
+  sampling.top_p = 0.9f;
+  sampling.repetition_penalty = 1.1f;
+  sampling.seed = 77;
+  const RunOutput sampled = RunGroup(dir_, 2, prompts_, Precision::kFp32, &sampling, false);
+  ASSERT_TRUE(sampled.status.ok()) << sampled.status;
+  EXPECT_TRUE(sampled.logits.empty());
+  const RunOutput observed = RunGroup(dir_, 2, prompts_, Precision::kFp32, &sampling, true);
+  ASSERT_TRUE(observed.status.ok()) << observed.status;
+  int differs_from_greedy = 0;
+  for (size_t p = 0; p < prompts_.size(); ++p) {
+    ASSERT_EQ(sampled.tokens[p].size(), static_cast<size_t>(prompts_[p].max_new_tokens));
+    EXPECT_EQ(sampled.tokens[p], observed.tokens[p]) << "prompt " << p;
+    differs_from_greedy += sampled.tokens[p] != greedy_[p];
+  }
+  EXPECT_GT(differs_from_greedy, 0) << "the sampler never left the greedy path: the test shows nothing";
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, TensorParallelGolden,

@@ -1,8 +1,13 @@
-// Greedy sampling on the GPU: argmax of each logit row with the non-finite guard in the same
-// pass (no extra read of the logits), and an optional fp32 copy for host-side sampling. One block
-// a row; rows whose length is a multiple of the 16-byte vector are read (and copied) in vectors
-// (the rows then start 16-byte aligned, as the buffers do).
+// Sampling on the GPU. ArgmaxKernel: greedy, the argmax of each logit row with the non-finite
+// guard in the same pass (no extra read of the logits), and an optional fp32 copy for the other
+// samplers; rows whose length is a multiple of the 16-byte vector are read (and copied) in
+// vectors (the rows then start 16-byte aligned, as the buffers do). SampleKernel: everything
+// Sampler::Sample does, on the fp32 copy. One block a row for both.
 #include <cfloat>
+#include <algorithm>
+#include <climits>
+#include <mutex>
+#include <unordered_map>
 
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
@@ -91,7 +96,370 @@ ArgmaxKernel(const Act* __restrict__ logits, int V, float* __restrict__ logits_f
   }
 }
 
+constexpr int kSampleThreads = 1024;
+constexpr int kRadixBins = 256;
+// Radix histograms: one per 4 warps (the counts are warp-aggregated first, so 8 copies keep
+// atomic contention low while the fixed part stays small).
+constexpr int kHistCopies = 8;
+// Dynamic shared memory: radix histograms, candidate keys, candidate weights, then the penalty
+// bitmap (V bits) when some row has a penalty. 24 KiB + V/8: GLM-4's 151,552-token vocabulary
+// fits the 48 KiB every GPU gives a block without opting in.
+constexpr size_t kSampleSmemFixed = size_t{kHistCopies} * kRadixBins * 4 +
+                                    size_t{kSampleCandidates} * 8 + size_t{kSampleCandidates} * 8;
+constexpr size_t SampleSmemBytes(int bitmap_words) {
+  return kSampleSmemFixed + size_t{4} * static_cast<size_t>(bitmap_words);
+}
+
+// Order-preserving map of a float (no NaN) to uint32: larger float, larger key. -0 is mapped as
+// +0 (the host compares floats, where they tie).
+__device__ __forceinline__ uint32_t OrderedKey(float x) {
+  const uint32_t u = __float_as_uint(x == 0.f ? 0.f : x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float KeyValue(uint32_t k) {
+  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+// Candidate sort key: ascending order = logit descending, then id ascending (Sampler's order).
+__device__ __forceinline__ uint64_t CandidateKey(uint32_t key, int id) {
+  return (static_cast<uint64_t>(~key) << 32) | static_cast<uint32_t>(id);
+}
+
+// Block-wide (value, index, bad) reduction; every thread gets the result.
+__device__ void BlockBest(float& v, int& i, int& bad) {
+  __shared__ float s_val[32];
+  __shared__ int s_idx[32], s_bad[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  WarpBest(v, i, bad);
+  if (lane == 0) { s_val[warp] = v; s_idx[warp] = i; s_bad[warp] = bad; }
+  __syncthreads();
+  v = s_val[lane % (blockDim.x / 32)];
+  i = s_idx[lane % (blockDim.x / 32)];
+  bad = s_bad[lane % (blockDim.x / 32)];
+  WarpBest(v, i, bad);
+  __syncthreads();  // s_* reusable
+}
+
+// Deterministic block scan of doubles (fixed association, no subtraction): returns the block
+// total; *excl gets the sum of the lower threads' values.
+__device__ double BlockExclusiveScan(double x, double* excl) {
+  __shared__ double s_warp[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  double incl = x;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double y = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += y;
+  }
+  const double up = __shfl_up_sync(0xffffffffu, incl, 1);
+  const double lane_excl = lane == 0 ? 0.0 : up;
+  if (lane == 31) s_warp[warp] = incl;
+  __syncthreads();
+  const int nw = blockDim.x / 32;
+  double wincl = lane < nw ? s_warp[lane] : 0.0;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const double y = __shfl_up_sync(0xffffffffu, wincl, o);
+    if (lane >= o) wincl += y;
+  }
+  const double total = __shfl_sync(0xffffffffu, wincl, nw - 1);
+  const double wup = __shfl_sync(0xffffffffu, wincl, warp == 0 ? 0 : warp - 1);
+  const double warp_excl = warp == 0 ? 0.0 : wup;
+  *excl = warp == 0 ? lane_excl : (lane == 0 ? warp_excl : warp_excl + lane_excl);
+  __syncthreads();  // s_warp reusable
+  return total;
+}
+
+__device__ double BlockSum(double x) {
+  double excl;
+  return BlockExclusiveScan(x, &excl);
+}
+
+__global__ void __launch_bounds__(kSampleThreads)
+SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __restrict__ args,
+             const int32_t* __restrict__ context_ids, int bitmap_words, int32_t* __restrict__ tokens,
+             int32_t* __restrict__ finite, int32_t* __restrict__ fallback) {
+  GridDependencyWait();
+  LaunchDependents();
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* hist = reinterpret_cast<uint32_t*>(smem);                     // [copies][bins]
+  uint64_t* cand = reinterpret_cast<uint64_t*>(hist + kHistCopies * kRadixBins);
+  double* w = reinterpret_cast<double*>(cand + kSampleCandidates);       // weights / scan
+  uint32_t* bitmap = reinterpret_cast<uint32_t*>(w + kSampleCandidates);  // [bitmap_words]
+  __shared__ uint32_t s_bins[kRadixBins];
+  __shared__ int s_sel[2], s_count[2], s_token;
+
+  const int r = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const SampleRowArgs p = args[r];
+  auto finish = [&](int token, int is_finite, int to_host) {
+    if (tid == 0) {
+      tokens[r] = token;
+      finite[r] = is_finite;
+      fallback[r] = to_host;
+    }
+  };
+  if (p.host_only) {
+    finish(0, 1, 1);
+    return;
+  }
+  const float* row = logits + static_cast<int64_t>(r) * V;
+  const bool penal = p.penalty != 1.f && p.ctx_len > 0 && bitmap_words > 0;
+  if (penal) {
+    for (int i = tid; i < bitmap_words; i += kSampleThreads) bitmap[i] = 0u;
+    __syncthreads();
+    for (int i = tid; i < p.ctx_len; i += kSampleThreads) {
+      const int id = context_ids[p.ctx_begin + i];
+      if (id >= 0 && id < V) atomicOr(&bitmap[id >> 5], 1u << (id & 31));
+    }
+    __syncthreads();
+  }
+  // The logit after the repetition penalty (HF: divided if positive, else multiplied; once per
+  // distinct id: the bitmap).
+  const auto value = [&](int j) {
+    float x = row[j];
+    if (penal && ((bitmap[j >> 5] >> (j & 31)) & 1u)) x = x > 0.f ? x / p.penalty : x * p.penalty;
+    return x;
+  };
+
+  // Pass 1: max, first argmax, the non-finite guard.
+  float best = -FLT_MAX;
+  int best_i = INT_MAX;
+  int bad = 0;
+  for (int j = tid; j < V; j += kSampleThreads) {
+    const float x = value(j);
+    if (!isfinite(x)) {
+      bad = 1;
+    } else {
+      Better(best, best_i, x, j);
+    }
+  }
+  BlockBest(best, best_i, bad);
+  if (best_i == INT_MAX) best_i = 0;
+  if (bad) return finish(0, 0, 0);
+  if (!(p.temperature > 0.f)) return finish(best_i, 1, 0);
+
+  const double max_logit = best;
+  const double inv_t = 1.0 / static_cast<double>(p.temperature);
+  const auto weight = [&](float x) { return exp((static_cast<double>(x) - max_logit) * inv_t); };
+  const bool use_top_k = p.top_k > 0 && p.top_k < V;
+  const bool use_top_p = p.top_p < 1.f;
+
+  if (!use_top_k && !use_top_p) {
+    // The whole distribution in vocabulary order: thread t owns a contiguous segment; the
+    // segment sums' block scan places the target, and its owner walks its segment.
+    const int seg = (V + kSampleThreads - 1) / kSampleThreads;
+    const int b = min(V, tid * seg), e = min(V, b + seg);
+    double local = 0.0;
+    for (int j = b; j < e; ++j) local += weight(value(j));
+    double excl;
+    const double total = BlockExclusiveScan(local, &excl);
+    w[tid] = excl;
+    if (tid == 0) s_token = INT_MAX;
+    __syncthreads();
+    const double next = tid + 1 < kSampleThreads ? w[tid + 1] : total;
+    const double target = p.uniform * total;
+    if (excl <= target && target < next) {
+      double c = excl;
+      int pick = -1, last = -1;
+      for (int j = b; j < e; ++j) {
+        const double wj = weight(value(j));
+        if (wj > 0.0) last = j;
+        c += wj;
+        if (target < c) { pick = j; break; }
+      }
+      if (pick < 0) pick = last;
+      if (pick >= 0) atomicMin(&s_token, pick);
+    }
+    __syncthreads();
+    return finish(s_token == INT_MAX ? best_i : s_token, 1, 0);  // rounding past the top: argmax
+  }
+
+  if (use_top_k && p.top_k > kSampleCandidates) return finish(0, 1, 1);
+  const int K = use_top_k ? p.top_k : min(V, kSampleCandidates);
+  // Radix select of the K-th largest key, 8 bits a pass from the top; warp-aggregated counts.
+  uint32_t prefix = 0u, mask = 0u;
+  int remaining = K;
+  uint32_t* my_hist = hist + (warp % kHistCopies) * kRadixBins;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) hist[i] = 0u;
+    __syncthreads();
+    for (int base = 0; base < V; base += kSampleThreads) {
+      const int j = base + tid;
+      const uint32_t key = j < V ? OrderedKey(value(j)) : 0u;
+      const bool match = j < V && (key & mask) == prefix;
+      const uint32_t digit = (key >> shift) & 0xffu;
+      const unsigned active = __ballot_sync(0xffffffffu, match);
+      if (match) {
+        const unsigned peers = __match_any_sync(active, digit);
+        if (lane == __ffs(peers) - 1) atomicAdd(&my_hist[digit], static_cast<uint32_t>(__popc(peers)));
+      }
+    }
+    __syncthreads();
+    for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
+      uint32_t c = 0u;
+      for (int hc = 0; hc < kHistCopies; ++hc) c += hist[hc * kRadixBins + bin];
+      s_bins[bin] = c;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      int rem = remaining, bin = kRadixBins - 1;
+      for (; bin > 0; --bin) {
+        if (static_cast<int>(s_bins[bin]) >= rem) break;
+        rem -= static_cast<int>(s_bins[bin]);
+      }
+      s_sel[0] = bin;
+      s_sel[1] = rem;
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(s_sel[0]) << shift;
+    mask |= 0xffu << shift;
+    remaining = s_sel[1];
+    __syncthreads();
+  }
+  const uint32_t kth = prefix;
+  const int count_gt = K - remaining;  // keys above the K-th
+  const int tie_room = kSampleCandidates - count_gt;
+  if (tid == 0) s_count[0] = s_count[1] = 0;
+  __syncthreads();
+  for (int j = tid; j < V; j += kSampleThreads) {
+    const uint32_t key = OrderedKey(value(j));
+    if (key > kth) {
+      cand[atomicAdd(&s_count[0], 1)] = CandidateKey(key, j);
+    } else if (key == kth) {
+      const int t = atomicAdd(&s_count[1], 1);
+      if (t < tie_room) cand[count_gt + t] = CandidateKey(key, j);
+    }
+  }
+  __syncthreads();
+  const int ties = s_count[1];
+  const bool all_ties = ties <= tie_room;
+  // Top-k keeps every tie of the k-th logit (HF); without top-k the candidates must be a prefix
+  // of the sorted vocabulary, so incomplete ties are dropped.
+  if (use_top_k && !all_ties) return finish(0, 1, 1);
+  const int n_cand = all_ties ? count_gt + ties : count_gt;
+  if (n_cand == 0) return finish(0, 1, 1);
+  for (int i = n_cand + tid; i < kSampleCandidates; i += kSampleThreads) cand[i] = ~uint64_t{0};
+  __syncthreads();
+  // Bitonic sort, ascending.
+  for (int k = 2; k <= kSampleCandidates; k <<= 1) {
+    for (int jj = k >> 1; jj > 0; jj >>= 1) {
+      for (int i = tid; i < kSampleCandidates; i += kSampleThreads) {
+        const int ixj = i ^ jj;
+        if (ixj > i) {
+          const uint64_t a = cand[i], b = cand[ixj];
+          if (((i & k) == 0) == (a > b)) {
+            cand[i] = b;
+            cand[ixj] = a;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int i = tid; i < n_cand; i += kSampleThreads) {
+    w[i] = weight(KeyValue(~static_cast<uint32_t>(cand[i] >> 32)));
+  }
+  // Top-p without top-k normalizes by the whole vocabulary: when the candidates are not all of
+  // it, one more pass (summed in a fixed order, not the sorted one: rounding may differ).
+  const bool covered = use_top_k || n_cand == V;
+  double full_total = 0.0;
+  if (!covered) {
+    double local = 0.0;
+    for (int j = tid; j < V; j += kSampleThreads) local += weight(value(j));
+    full_total = BlockSum(local);
+  }
+  __syncthreads();
+  if (tid == 0) {
+    const int kept = use_top_k ? n_cand : V;
+    double total = 0.0;
+    if (covered) {
+      for (int i = 0; i < n_cand; ++i) total += w[i];
+    } else {
+      total = full_total;
+    }
+    int keep = n_cand;
+    bool to_host = false;
+    if (use_top_p) {
+      // HF TopPLogitsWarper: a token stays while the probability ranked above it is below top_p.
+      double above = 0.0;
+      int keep_p = 0;
+      while (keep_p < kept && (keep_p == 0 || above / total < static_cast<double>(p.top_p))) {
+        if (keep_p >= n_cand) { to_host = true; break; }
+        above += w[keep_p];
+        ++keep_p;
+      }
+      keep = keep_p;
+      total = 0.0;
+      for (int i = 0; i < keep; ++i) total += w[i];
+    }
+    int token = static_cast<int>(cand[0] & 0xffffffffu);
+    if (!to_host) {
+      const double target = p.uniform * total;
+      double c = 0.0;
+      for (int i = 0; i < keep; ++i) {
+        c += w[i];
+        if (target < c) { token = static_cast<int>(cand[i] & 0xffffffffu); break; }
+      }
+    }
+    tokens[r] = to_host ? 0 : token;
+    finite[r] = 1;
+    fallback[r] = to_host ? 1 : 0;
+  }
+}
+
 }  // namespace
+
+int SampleMaxPenaltyVocab() {
+  // Per device: the block's opt-in shared memory limit (48 KiB on every GPU without opting in;
+  // 64 KiB on sm75, 96 KiB on sm70, 163 KiB on sm80, 227 KiB on sm90), less the fixed part and
+  // the kernel's static shared memory.
+  static std::mutex mu;
+  static std::unordered_map<int, int> limit;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return 0;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = limit.find(device);
+  if (it != limit.end()) return it->second;
+  int optin = 0;
+  cudaFuncAttributes attrs{};
+  int words = 0;
+  if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+      cudaFuncGetAttributes(&attrs, SampleKernel) == cudaSuccess) {
+    const int64_t room = int64_t{optin} - static_cast<int64_t>(attrs.sharedSizeBytes) -
+                         static_cast<int64_t>(kSampleSmemFixed);
+    words = room > 0 ? static_cast<int>(room / 4) : 0;
+  }
+  (void)cudaGetLastError();
+  const int vocab = static_cast<int>(std::min<int64_t>(int64_t{words} * 32, INT_MAX));
+  limit.emplace(device, vocab);
+  return vocab;
+}
+
+cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
+                         const int32_t* context_ids, bool with_penalty, int32_t* tokens,
+                         int32_t* finite, int32_t* fallback, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (V <= 0 || (with_penalty && V > SampleMaxPenaltyVocab())) return cudaErrorInvalidValue;
+  const int bitmap_words = with_penalty ? (V + 31) / 32 : 0;
+  const size_t smem = SampleSmemBytes(bitmap_words);
+  if (smem > 48 * 1024) {
+    // Opting in to more than the default is per device and per size: raise it when needed.
+    // (The attribute is process-wide for the function on the current device.)
+    static std::mutex mu;
+    static std::unordered_map<int, size_t> opted;
+    int device = 0;
+    const cudaError_t got = cudaGetDevice(&device);
+    if (got != cudaSuccess) return got;
+    std::lock_guard<std::mutex> lock(mu);
+    if (opted[device] < smem) {
+      const cudaError_t set = cudaFuncSetAttribute(SampleKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(smem));
+      if (set != cudaSuccess) return set;
+      opted[device] = smem;
+    }
+  }
+  return LaunchKernel(SampleKernel, rows, kSampleThreads, smem, stream, logits, V, args,
+                      context_ids, bitmap_words, tokens, finite, fallback);
+}
 
 cudaError_t LaunchArgmax(DType act, const void* logits, int rows, int V, float* logits_f32,
                          int32_t* tokens, int32_t* finite, cudaStream_t stream) {

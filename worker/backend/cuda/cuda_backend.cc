@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -184,6 +185,8 @@ class CudaBackend : public Backend {
   absl::Status Forward(const StepBatch& batch, std::vector<float>* logits) override;
   absl::Status ForwardGreedy(const StepBatch& batch, std::vector<int32_t>* token_ids,
                              std::vector<uint8_t>* finite) override;
+  absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
+                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite) override;
   MemoryReport Memory() const override;
   int64_t KvBlocksThatFit(int32_t block_size) const override;
   absl::Status WarmUp(int32_t max_num_seqs) override;
@@ -253,7 +256,9 @@ class CudaBackend : public Backend {
   int64_t partial_rows_ = 0;  // splits * T capacity
   DeviceBuffer logits_act_;   // [S, V] act
   DeviceBuffer logits_f32_;   // [S, V] fp32
-  DeviceBuffer sampled_;      // [2, S] int32: tokens, then finite flags
+  DeviceBuffer sampled_;      // [3, S] int32: tokens, finite flags, host-fallback flags
+  DeviceBuffer sample_args_;  // [S] cuda::SampleRowArgs
+  DeviceBuffer sample_ctx_;   // penalty scopes (context ids), grown on demand
   DeviceBuffer scalars_;      // fp32 [alpha, one, zero] + uint32 amax
   DeviceBuffer cublas_workspace_;
   int64_t activation_bytes_ = 0;
@@ -264,7 +269,11 @@ class CudaBackend : public Backend {
   DeviceBuffer v_cache_;
   DeviceBuffer step_dev_;     // step inputs, int32
   PinnedBuffer step_host_;
-  PinnedBuffer sampled_host_;  // [2, S] int32
+  PinnedBuffer sampled_host_;  // [3, S] int32
+  PinnedBuffer sample_args_host_;  // [S] cuda::SampleRowArgs
+  PinnedBuffer sample_ctx_host_;
+  Sampler host_sampler_;           // rows the device sampler leaves to the host
+  std::vector<float> host_row_;    // [V] one such row's logits
   int64_t step_capacity_ints_ = 0;
 
   // GLM_CUDA_PROFILE=1 (read at every step): steps run eagerly with an event pair around each
@@ -559,8 +568,10 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
     }
 #endif
   }
-  RETURN_IF_ERROR(sampled_.Allocate(2 * S * sizeof(int32_t)));
-  RETURN_IF_ERROR(sampled_host_.Allocate(2 * S * sizeof(int32_t)));
+  RETURN_IF_ERROR(sampled_.Allocate(3 * S * sizeof(int32_t)));
+  RETURN_IF_ERROR(sampled_host_.Allocate(3 * S * sizeof(int32_t)));
+  RETURN_IF_ERROR(sample_args_.Allocate(S * sizeof(cuda::SampleRowArgs)));
+  RETURN_IF_ERROR(sample_args_host_.Allocate(S * sizeof(cuda::SampleRowArgs)));
   act_tokens_ = tokens;
   act_seqs_ = seqs;
   activation_bytes_ = (lt_tuner_ ? static_cast<int64_t>(lt_tuner_->device_bytes()) : 0) +
@@ -568,7 +579,7 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
                       attn_.bytes() + gate_up_.bytes() + mlp_.bytes() + gemm_in_.bytes() +
                       partial_out_.bytes() + partial_ml_.bytes() + split_counters_.bytes() +
                       logits_act_.bytes() +
-                      logits_f32_.bytes() + sampled_.bytes() + cublas_workspace_.bytes() +
+                      logits_f32_.bytes() + sampled_.bytes() + sample_args_.bytes() + cublas_workspace_.bytes() +
                       scalars_.bytes() + tp_logits_f32_.bytes() + tp_gathered_.bytes();
   return absl::OkStatus();
 }
@@ -1178,6 +1189,96 @@ absl::Status CudaBackend::ForwardGreedy(const StepBatch& batch, std::vector<int3
   token_ids->assign(host, host + R);
   finite->resize(R);
   for (int r = 0; r < R; ++r) (*finite)[r] = host[act_seqs_ + r] != 0;
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
+                                        std::vector<int32_t>* token_ids,
+                                        std::vector<uint8_t>* finite) {
+  const int R = batch.num_logit_rows();
+  if (static_cast<int>(rows.size()) != R) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ForwardSample: %d sampling rows for %d logit rows", rows.size(), R));
+  }
+  if (AllPlainGreedy(rows)) return ForwardGreedy(batch, token_ids, finite);
+  // GLM_CUDA_DEVICE_SAMPLING=0: a benchmark switch, every row sampled on the host from the
+  // copied logits (Backend's default), for an A/B of the device sampler.
+  static const bool on_device = [] {
+    const char* env = std::getenv("GLM_CUDA_DEVICE_SAMPLING");
+    return env == nullptr || std::string_view(env) != "0";
+  }();
+  if (!on_device) return Backend::ForwardSample(batch, rows, token_ids, finite);
+  RETURN_IF_ERROR(RunStep(batch, true));  // fp32 logits in logits_f32_
+  const int V = config_.vocab_size;
+  // Row arguments and penalty scopes: pinned, one copy each. A penalty over a vocabulary too
+  // large for the kernel's bitmap leaves that row to the host.
+  const bool penalty_fits = V <= cuda::SampleMaxPenaltyVocab();
+  int64_t ctx_ints = 0;
+  for (const RowSampling& row : rows) {
+    if (row.params->repetition_penalty != 1.0f && penalty_fits) ctx_ints += row.context_ids->size();
+  }
+  if (ctx_ints > INT32_MAX) return absl::InvalidArgumentError("ForwardSample: penalty scopes beyond 2^31 ids");
+  if (ctx_ints * 4 > sample_ctx_.bytes()) {
+    const int64_t bytes = std::max<int64_t>(ctx_ints * 4, 2 * sample_ctx_.bytes());
+    RETURN_IF_ERROR(sample_ctx_.Allocate(bytes));
+    RETURN_IF_ERROR(sample_ctx_host_.Allocate(bytes));
+  }
+  auto* args = sample_args_host_.get<cuda::SampleRowArgs>();
+  int32_t* ctx = sample_ctx_host_.get<int32_t>();
+  int32_t ctx_used = 0;
+  bool with_penalty = false;
+  for (int r = 0; r < R; ++r) {
+    const SamplingParams& sp = *rows[r].params;
+    cuda::SampleRowArgs& a = args[r];
+    a = cuda::SampleRowArgs{};
+    a.uniform = PhiloxUniform(sp.seed, static_cast<uint64_t>(rows[r].generated_index));
+    a.temperature = sp.temperature;
+    a.top_p = sp.top_p;
+    a.top_k = sp.top_k;
+    a.penalty = sp.repetition_penalty;
+    if (sp.repetition_penalty != 1.0f) {
+      if (!penalty_fits) {
+        a.host_only = 1;
+        continue;
+      }
+      const std::vector<int32_t>& ids = *rows[r].context_ids;
+      a.ctx_begin = ctx_used;
+      a.ctx_len = static_cast<int32_t>(ids.size());
+      std::memcpy(ctx + ctx_used, ids.data(), ids.size() * sizeof(int32_t));
+      ctx_used += a.ctx_len;
+      with_penalty = true;
+    }
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sample_args_.get(), args, R * sizeof(cuda::SampleRowArgs),
+                                       cudaMemcpyHostToDevice, stream_));
+  if (ctx_used > 0) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(sample_ctx_.get(), ctx, ctx_used * sizeof(int32_t),
+                                         cudaMemcpyHostToDevice, stream_));
+  }
+  int32_t* out = sampled_.get<int32_t>();  // tokens [0, S), finite [S, 2S), fallback [2S, 3S)
+  CUDA_RETURN_IF_ERROR(cuda::LaunchSample(logits_f32_.get<float>(), R, V,
+                                          sample_args_.get<cuda::SampleRowArgs>(),
+                                          sample_ctx_.get<int32_t>(), with_penalty, out,
+                                          out + act_seqs_, out + 2 * act_seqs_, stream_));
+  int32_t* host = sampled_host_.get<int32_t>();
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, out, (2 * act_seqs_ + R) * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, stream_));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  token_ids->assign(host, host + R);
+  finite->resize(R);
+  for (int r = 0; r < R; ++r) {
+    (*finite)[r] = host[act_seqs_ + r] != 0;
+    if (host[2 * act_seqs_ + r] == 0) continue;
+    // The device kept too few candidates for this row (a wide top-p nucleus, top-k above
+    // cuda::kSampleCandidates, ties): Sampler on its logits.
+    host_row_.resize(V);
+    CUDA_RETURN_IF_ERROR(cudaMemcpy(host_row_.data(), logits_f32_.get<float>() + int64_t{r} * V,
+                                    V * sizeof(float), cudaMemcpyDeviceToHost));
+    const SampleOutcome outcome = host_sampler_.Sample(host_row_, *rows[r].params,
+                                                       *rows[r].context_ids, rows[r].generated_index);
+    (*finite)[r] = outcome.nonfinite ? 0 : 1;
+    (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
+  }
   return absl::OkStatus();
 }
 

@@ -1,11 +1,14 @@
-// The CUDA backend: GLM-4 on one GPU (or one tensor-parallel rank's shard; TP > 1 is not yet
-// supported here and fails at Load with a clear status).
+// The CUDA backend: GLM-4 on one GPU, or one tensor-parallel rank's shard with an NCCL
+// communicator (LoadOptions::comm).
 //
 // Weights live on the device in the precision's storage dtype (bf16, fp16, fp32; fp16-safe keeps
 // fp16 weights with an fp32 residual stream). GEMMs go to cuBLAS, except decode steps of <= 4
 // rows which use the memory-bound GEMV kernel; attention, norms, rotary, SiLU and sampling are
 // the kernels in kernels.h. Decode steps of 1..256 sequences replay CUDA graphs captured per
-// padded batch size (1, 2, 4, ..., 256).
+// padded batch size (1, 2, 4, 8, 16, then every 16-32 up to 256). Every sampler (greedy,
+// temperature, top-k, top-p, repetition penalty) runs on the device (ForwardSample); the rows it
+// cannot finish there (a top-p nucleus or top-k beyond cuda::kSampleCandidates) are sampled on
+// the host from the device's fp32 logits.
 #pragma once
 
 #include <cstdint>

@@ -175,6 +175,35 @@ cudaError_t LaunchGemvQkvRotary(KernelTypes types, const void* x, const void* w_
 cudaError_t LaunchScaleToFp16(const float* x, int64_t n, void* out, uint32_t* amax_scratch,
                               float* alpha, cudaStream_t stream);
 
+// Sampling on the device with Sampler::Sample's semantics (worker/backend/sampling/sampler.h):
+// repetition penalty, the non-finite guard, greedy, temperature over the whole vocabulary, top-k
+// (ties at the k-th logit kept) and top-p over the candidates sorted by (logit desc, id asc),
+// weights exp((logit - max) / T) in double. A row's draw is its `uniform` (the host computes
+// PhiloxUniform). One block a row.
+struct SampleRowArgs {
+  double uniform = 0.0;      // in [0, 1)
+  float temperature = 0.0f;  // <= 0: greedy
+  float top_p = 1.0f;
+  int32_t top_k = 0;
+  float penalty = 1.0f;      // repetition penalty over context_ids[ctx_begin, ctx_begin + ctx_len)
+  int32_t ctx_begin = 0;
+  int32_t ctx_len = 0;
+  int32_t host_only = 0;     // 1: leave the row to the host (fallback = 1)
+};
+// Candidates a row keeps on the device: top-k above this, or a top-p nucleus (or ties at the
+// k-th logit) reaching past this many tokens, leave the row to the host.
+constexpr int kSampleCandidates = 1024;
+// Largest vocabulary whose repetition-penalty bitmap fits the kernel's shared memory on the
+// current device (about 180,000 on any GPU, as every GPU gives a block 48 KiB; more where a block may
+// opt in to more). Rows with a penalty over a larger vocabulary belong to the host.
+int SampleMaxPenaltyVocab();
+// logits: [rows, V] fp32; args: [rows] (device); context_ids: the penalty scopes (device). Per
+// row: tokens, finite (1: no NaN/Inf after the penalty), fallback (1: no token, the host samples
+// this row from the logits). with_penalty: some row has penalty != 1 (V <= SampleMaxPenaltyVocab()).
+cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
+                         const int32_t* context_ids, bool with_penalty, int32_t* tokens,
+                         int32_t* finite, int32_t* fallback, cudaStream_t stream);
+
 // Per logit row: token = first index of the largest value; finite = 1 when no value is NaN/Inf.
 // logits: [rows, V] act; logits_f32 (may be null): [rows, V] fp32 copy; tokens, finite: [rows].
 cudaError_t LaunchArgmax(DType act, const void* logits, int rows, int V, float* logits_f32,

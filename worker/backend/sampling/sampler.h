@@ -16,9 +16,17 @@
 #include <utility>
 #include <vector>
 
-#include "worker/engine/request.h"
-
 namespace glm {
+
+struct SamplingParams {
+  float temperature = 1.0f;         // 0 => greedy (argmax)
+  float top_p = 1.0f;               // (0, 1]
+  int32_t top_k = 0;                // 0 => off
+  float repetition_penalty = 1.0f;  // HF semantics: logit / p if > 0 else logit * p, over prompt+generated
+  uint64_t seed = 0;                // the draw for generated token i uses Philox(seed, i): a request
+                                    // resumed after k tokens continues the same random stream
+  bool greedy() const { return temperature <= 0.0f; }
+};
 
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3").
 std::array<uint32_t, 4> Philox4x32(std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key);

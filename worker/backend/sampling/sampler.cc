@@ -1,4 +1,4 @@
-#include "worker/engine/sampler.h"
+#include "worker/backend/sampling/sampler.h"
 
 #include <algorithm>
 #include <cmath>
