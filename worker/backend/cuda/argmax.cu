@@ -174,6 +174,51 @@ __device__ double BlockSum(double x) {
   return BlockExclusiveScan(x, &excl);
 }
 
+// Calls f(x, j, valid) for every logit x = row[j] of a row, 16 values a thread in flight (four
+// 16-byte loads when V is a multiple of 4, the row then 16-byte aligned; four scalar loads
+// otherwise): one load at a time would make each pass over a 151,552-logit row a chain of ~150
+// memory round trips. Every lane of the block makes the same calls (valid = false past the end,
+// x then 0), so f may use warp collectives.
+template <typename F>
+__device__ __forceinline__ void ForEachLogit(const float* __restrict__ row, int V, F f) {
+  const int tid = threadIdx.x;
+  if ((V & 3) == 0) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int nv = V >> 2;
+    for (int base = 0; base < nv; base += 4 * kSampleThreads) {
+      float4 x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int v = base + u * kSampleThreads + tid;
+        x[u] = v < nv ? __ldg(row4 + v) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int v = base + u * kSampleThreads + tid;
+        const bool ok = v < nv;
+        f(x[u].x, 4 * v, ok);
+        f(x[u].y, 4 * v + 1, ok);
+        f(x[u].z, 4 * v + 2, ok);
+        f(x[u].w, 4 * v + 3, ok);
+      }
+    }
+  } else {
+    for (int base = 0; base < V; base += 4 * kSampleThreads) {
+      float x[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = base + u * kSampleThreads + tid;
+        x[u] = j < V ? __ldg(row + j) : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = base + u * kSampleThreads + tid;
+        f(x[u], j, j < V);
+      }
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kSampleThreads)
 SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __restrict__ args,
              const int32_t* __restrict__ context_ids, int bitmap_words, int32_t* __restrict__ tokens,
@@ -214,24 +259,25 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   }
   // The logit after the repetition penalty (HF: divided if positive, else multiplied; once per
   // distinct id: the bitmap).
-  const auto value = [&](int j) {
-    float x = row[j];
+  const auto penalize = [&](float x, int j) {
     if (penal && ((bitmap[j >> 5] >> (j & 31)) & 1u)) x = x > 0.f ? x / p.penalty : x * p.penalty;
     return x;
   };
+  const auto value = [&](int j) { return penalize(row[j], j); };
 
   // Pass 1: max, first argmax, the non-finite guard.
   float best = -FLT_MAX;
   int best_i = INT_MAX;
   int bad = 0;
-  for (int j = tid; j < V; j += kSampleThreads) {
-    const float x = value(j);
+  ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+    if (!ok) return;
+    const float x = penalize(raw, j);
     if (!isfinite(x)) {
       bad = 1;
     } else {
       Better(best, best_i, x, j);
     }
-  }
+  });
   BlockBest(best, best_i, bad);
   if (best_i == INT_MAX) best_i = 0;
   if (bad) return finish(0, 0, 0);
@@ -282,17 +328,16 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) hist[i] = 0u;
     __syncthreads();
-    for (int base = 0; base < V; base += kSampleThreads) {
-      const int j = base + tid;
-      const uint32_t key = j < V ? OrderedKey(value(j)) : 0u;
-      const bool match = j < V && (key & mask) == prefix;
+    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+      const uint32_t key = ok ? OrderedKey(penalize(raw, j)) : 0u;
+      const bool match = ok && (key & mask) == prefix;
       const uint32_t digit = (key >> shift) & 0xffu;
       const unsigned active = __ballot_sync(0xffffffffu, match);
       if (match) {
         const unsigned peers = __match_any_sync(active, digit);
         if (lane == __ffs(peers) - 1) atomicAdd(&my_hist[digit], static_cast<uint32_t>(__popc(peers)));
       }
-    }
+    });
     __syncthreads();
     for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
       uint32_t c = 0u;
@@ -320,15 +365,16 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   const int tie_room = kSampleCandidates - count_gt;
   if (tid == 0) s_count[0] = s_count[1] = 0;
   __syncthreads();
-  for (int j = tid; j < V; j += kSampleThreads) {
-    const uint32_t key = OrderedKey(value(j));
+  ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+    if (!ok) return;
+    const uint32_t key = OrderedKey(penalize(raw, j));
     if (key > kth) {
       cand[atomicAdd(&s_count[0], 1)] = CandidateKey(key, j);
     } else if (key == kth) {
       const int t = atomicAdd(&s_count[1], 1);
       if (t < tie_room) cand[count_gt + t] = CandidateKey(key, j);
     }
-  }
+  });
   __syncthreads();
   const int ties = s_count[1];
   const bool all_ties = ties <= tie_room;
@@ -364,7 +410,9 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   double full_total = 0.0;
   if (!covered) {
     double local = 0.0;
-    for (int j = tid; j < V; j += kSampleThreads) local += weight(value(j));
+    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+      if (ok) local += weight(penalize(raw, j));
+    });
     full_total = BlockSum(local);
   }
   __syncthreads();

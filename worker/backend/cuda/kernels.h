@@ -197,9 +197,10 @@ constexpr int kSampleCandidates = 1024;
 // current device (about 180,000 on any GPU, as every GPU gives a block 48 KiB; more where a block may
 // opt in to more). Rows with a penalty over a larger vocabulary belong to the host.
 int SampleMaxPenaltyVocab();
-// logits: [rows, V] fp32; args: [rows] (device); context_ids: the penalty scopes (device). Per
-// row: tokens, finite (1: no NaN/Inf after the penalty), fallback (1: no token, the host samples
-// this row from the logits). with_penalty: some row has penalty != 1 (V <= SampleMaxPenaltyVocab()).
+// logits: [rows, V] fp32 (16-byte aligned when V % 4 == 0: read in vectors); args: [rows]
+// (device); context_ids: the penalty scopes (device). Per row: tokens, finite (1: no NaN/Inf
+// after the penalty), fallback (1: no token, the host samples this row from the logits).
+// with_penalty: some row has penalty != 1 (V <= SampleMaxPenaltyVocab()).
 cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
                          const int32_t* context_ids, bool with_penalty, int32_t* tokens,
                          int32_t* finite, int32_t* fallback, cudaStream_t stream);
