@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU-machine session for the CUDA backend: build the CUDA targets for the local GPU's arch,
 # run the GPU tests, then glm-bench. Everything is logged under $OUT (the `run` tool's folder).
-#   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe] [hf]
+#   tools/glm-bench/device_run.sh [tests] [nccl] [bench-bf16] [bench-fp32] [bench-fp16safe]
+#     [hf|hf-sdpa] (bf16 figures against transformers, eager or SDPA attention) [tools-test]
 #     [ab-VAR[=VALUE][,VAR2=VALUE2]] (bf16 bs1 + throughput again with env VAR=VALUE, default 0:
 #     an A/B of GLM_CUDA_* switches) [ab1-...] (the same, bs1 decode and TTFT only, with
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
@@ -153,9 +154,18 @@ for what in "$@"; do
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"
       grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
-    hf)
-      timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-        --precision bf16 --skip-throughput --baseline hf --json "$OUT/bench_hf.json" 2>&1 | tee "$OUT/bench_hf.log" ;;
+    hf|hf-sdpa)
+      # Every bf16 figure, then transformers on the same checkpoint and workload (bs1, TTFT, the
+      # 256 offline requests through model.generate): the ratios. hf-sdpa: its SDPA attention.
+      attn=eager; [ "$what" = hf-sdpa ] && attn=sdpa
+      timeout 540 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --baseline hf --hf_attn $attn --json "$OUT/bench_$what.json" 2>&1 |
+        tee "$OUT/bench_$what.log" | grep -v "^I " ;;
+    tools-test)
+      # glm-bench's own test (CPU backend, tiny model; here transformers imports, so the baseline
+      # replay is checked for real).
+      timeout 300 python3 tests/tools/glm_bench_test.py $bench /tmp/glm-bench-test >"$OUT/tools_test.log" 2>&1
+      echo "tools-test: rc=$?"; tail -5 "$OUT/tools_test.log" ;;
   esac
 done
 [ -f "$OUT/summary.txt" ] && { echo "== test summary"; cat "$OUT/summary.txt"; }; true

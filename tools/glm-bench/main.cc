@@ -9,7 +9,9 @@
 // of N requests through the real Engine (continuous batching), the percent of the HBM roofline
 // (bytes a bs1 decode step must read / the device-to-device copy bandwidth measured in this run),
 // and device memory by kind with the peak. --baseline=hf runs transformers on the same checkpoint
-// (tools/glm-bench/hf_baseline.py) and prints every figure as a ratio.
+// and the same prompts (tools/glm-bench/hf_baseline.py: the TTFT prompt, the bs1 decode, and the
+// offline requests through model.generate in batches of --concurrency with the same sampler) and
+// prints every figure as a ratio.
 // --mode=cluster runs the cluster load generator (tools/glm-bench-cluster): router overhead
 // against calling a worker directly, in one run.
 #include <unistd.h>
@@ -67,7 +69,9 @@ ABSL_FLAG(double, top_p, 1.0, "offline throughput: top-p (1 = off)");
 ABSL_FLAG(double, repetition_penalty, 1.0, "offline throughput: repetition penalty (1 = off)");
 ABSL_FLAG(bool, profile, false, "CUDA: log a per-phase time breakdown (GLM_CUDA_PROFILE) of bs1 decode, "
           "the TTFT step, the second offline-throughput prefill step and two of its decode steps");
-ABSL_FLAG(std::string, baseline, "", "hf: also run transformers (python3 + torch) on the same checkpoint");
+ABSL_FLAG(std::string, baseline, "",
+          "hf: also run transformers (python3 + torch) on the same checkpoint and prompts");
+ABSL_FLAG(std::string, hf_attn, "eager", "--baseline hf: transformers' attn_implementation (eager, sdpa)");
 ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
 
 namespace glm {
@@ -151,6 +155,67 @@ struct Figures {
   nlohmann::json j;
 };
 
+// --baseline hf: tools/glm-bench/hf_baseline.py on the same checkpoint and workload (the prompts
+// this run used, written to a temp file), its figures and ours as ratios.
+absl::Status RunHfBaseline(const std::string& dir, Precision precision, const nlohmann::json& workload,
+                           double bs1_tps, double ttft_s, Figures* fig) {
+  const std::filesystem::path script = std::filesystem::path(__FILE__).parent_path() / "hf_baseline.py";
+  const std::filesystem::path tmp =
+      std::filesystem::temp_directory_path() / absl::StrFormat("glm-bench-hf-%d", static_cast<int>(::getpid()));
+  std::filesystem::create_directories(tmp);
+  struct RemoveTmp {
+    std::filesystem::path p;
+    ~RemoveTmp() {
+      std::error_code ec;
+      std::filesystem::remove_all(p, ec);
+    }
+  } remove_tmp{tmp};
+  const std::string prompts = (tmp / "workload.json").string(), out = (tmp / "hf_baseline.json").string();
+  if (!(std::ofstream(prompts) << workload.dump())) {
+    return absl::InternalError("--baseline hf: cannot write " + prompts);
+  }
+  const std::string cmd = absl::StrFormat("python3 %s --model %s --dtype %s --attn %s --workload %s --json %s",
+                                          script.string(), dir, PrecisionName(precision),
+                                          absl::GetFlag(FLAGS_hf_attn), prompts, out);
+  std::fprintf(stderr, "glm-bench: %s\n", cmd.c_str());
+  if (std::system(cmd.c_str()) != 0) {
+    fig->j["hf"] = {{"error", "hf_baseline.py failed (see stderr)"}};
+    return absl::OkStatus();  // our own figures stand; the JSON says the baseline is missing
+  }
+  std::ifstream f(out);
+  nlohmann::json hf = nlohmann::json::parse(f, nullptr, false);
+  if (hf.is_discarded() || !hf.is_object()) {
+    fig->j["hf"] = {{"error", "hf_baseline.py wrote no JSON object to " + out}};
+    return absl::OkStatus();
+  }
+  fig->j["hf"] = hf;
+  nlohmann::json ratio = nlohmann::json::object();
+  std::printf("vs HF transformers (%s attention, same checkpoint and prompts):\n",
+              absl::GetFlag(FLAGS_hf_attn).c_str());
+  if (hf.contains("bs1_decode_tok_s")) {
+    const double theirs = hf["bs1_decode_tok_s"].get<double>();
+    ratio["bs1_decode"] = bs1_tps / theirs;
+    std::printf("  bs1 decode: %.1f vs %.1f tok/s (%.1fx)\n", bs1_tps, theirs, bs1_tps / theirs);
+  }
+  if (hf.contains("ttft_ms")) {
+    const double theirs = hf["ttft_ms"].get<double>();
+    ratio["ttft"] = theirs / (ttft_s * 1e3);
+    std::printf("  TTFT: %.1f vs %.1f ms (%.1fx)\n", ttft_s * 1e3, theirs, theirs / (ttft_s * 1e3));
+  }
+  if (hf.contains("offline_generated_tok_s") && workload.contains("offline")) {
+    const double ours = workload["offline"]["generated_tok_s"].get<double>();
+    const double theirs = hf["offline_generated_tok_s"].get<double>();
+    ratio["offline_throughput"] = ours / theirs;
+    std::printf("  offline (Engine vs model.generate in batches of %d): %.0f vs %.0f generated tok/s "
+                "(%.1fx)\n",
+                workload["offline"]["concurrency"].get<int>(), ours, theirs, ours / theirs);
+  } else if (hf.contains("offline_error")) {
+    std::printf("  offline: transformers failed: %s\n", hf["offline_error"].get<std::string>().c_str());
+  }
+  fig->j["ratio_vs_hf"] = ratio;
+  return absl::OkStatus();
+}
+
 absl::Status RunEngineMode(Figures* fig) {
   bool remove_after = false;
   ASSIGN_OR_RETURN(std::string dir, PrepareCheckpoint(&remove_after));
@@ -231,6 +296,11 @@ absl::Status RunEngineMode(Figures* fig) {
   }
   std::vector<int32_t> next;
   std::vector<uint8_t> finite;
+  // What --baseline hf replays: the same prompts, decode length and offline requests.
+  nlohmann::json hf_workload = {
+      {"ttft_prompt", std::vector<int32_t>(tokens.begin(), tokens.begin() + prompt_len)},
+      {"decode_prompt", std::vector<int32_t>(tokens.begin(), tokens.begin() + decode_ctx)},
+      {"decode_steps", decode_steps}};
   // TTFT: the whole prompt in one step (the engine's chunk budget allows it), greedy token back.
   std::vector<double> ttfts;
   for (int rep = 0; rep < 4; ++rep) {
@@ -434,6 +504,7 @@ absl::Status RunEngineMode(Figures* fig) {
     const int in_len = absl::GetFlag(FLAGS_input_len), out_len = absl::GetFlag(FLAGS_output_len);
     int64_t generated = 0, failed = 0;
     std::vector<double> first_token_s(n, -1);
+    nlohmann::json offline_prompts = nlohmann::json::array();
     t0 = Clock::now();
     steps_seen.last = t0;
     for (int r = 0; r < n; ++r) {
@@ -451,6 +522,7 @@ absl::Status RunEngineMode(Figures* fig) {
       req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
       req.sampling.repetition_penalty = static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty));
       req.sampling.seed = static_cast<uint64_t>(r);
+      offline_prompts.push_back(req.prompt_token_ids);
       RETURN_IF_ERROR(engine->Submit(req, [&, r](const TokenEvent& ev) {
         if (ev.token_id >= 0) {
           ++generated;
@@ -462,6 +534,12 @@ absl::Status RunEngineMode(Figures* fig) {
     RETURN_IF_ERROR(engine->RunUntilIdle());
     const double wall = Seconds(t0, Clock::now());
     const EngineStats st = engine->Stats();
+    hf_workload["offline"] = {{"prompts", std::move(offline_prompts)}, {"output_len", out_len},
+                              {"concurrency", concurrency},
+                              {"temperature", absl::GetFlag(FLAGS_temperature)},
+                              {"top_k", absl::GetFlag(FLAGS_top_k)}, {"top_p", absl::GetFlag(FLAGS_top_p)},
+                              {"repetition_penalty", absl::GetFlag(FLAGS_repetition_penalty)},
+                              {"generated_tok_s", generated / wall}};
     fig->j["throughput"] = {{"requests", n}, {"input_len", in_len}, {"output_len", out_len},
                             {"temperature", absl::GetFlag(FLAGS_temperature)},
                             {"top_k", absl::GetFlag(FLAGS_top_k)}, {"top_p", absl::GetFlag(FLAGS_top_p)},
@@ -501,26 +579,8 @@ absl::Status RunEngineMode(Figures* fig) {
 
   // ---- transformers baseline ----------------------------------------------------------------
   if (absl::GetFlag(FLAGS_baseline) == "hf") {
-    const std::filesystem::path self = std::filesystem::path(__FILE__).parent_path() / "hf_baseline.py";
-    const std::string out = dir + "/hf_baseline.json";
-    const std::string cmd = absl::StrFormat(
-        "python3 %s --model %s --dtype %s --prompt-len %d --decode-steps %d --json %s",
-        self.string(), dir, PrecisionName(precision), prompt_len, std::min(decode_steps, 32), out);
-    std::fprintf(stderr, "glm-bench: %s\n", cmd.c_str());
-    if (std::system(cmd.c_str()) != 0) {
-      fig->j["hf"] = {{"error", "hf_baseline.py failed (see stderr)"}};
-    } else {
-      std::ifstream f(out);
-      nlohmann::json hf = nlohmann::json::parse(f, nullptr, false);
-      fig->j["hf"] = hf;
-      if (hf.contains("bs1_decode_tok_s") && hf.contains("ttft_ms")) {
-        const double hf_tps = hf["bs1_decode_tok_s"].get<double>();
-        const double hf_ttft = hf["ttft_ms"].get<double>();
-        fig->j["ratio_vs_hf"] = {{"bs1_decode", bs1_tps / hf_tps}, {"ttft", hf_ttft / (ttft * 1e3)}};
-        std::printf("vs HF transformers: bs1 decode %.1f vs %.1f tok/s (%.1fx), TTFT %.1f vs %.1f ms (%.1fx)\n",
-                    bs1_tps, hf_tps, bs1_tps / hf_tps, ttft * 1e3, hf_ttft, hf_ttft / (ttft * 1e3));
-      }
-    }
+    backend.reset();  // the device memory goes back before torch loads (the engine's went with it)
+    RETURN_IF_ERROR(RunHfBaseline(dir, precision, hf_workload, bs1_tps, ttft, fig));
   }
   return absl::OkStatus();
 }
