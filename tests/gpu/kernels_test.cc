@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <string>
 #include <utility>
@@ -756,11 +757,12 @@ struct SampleCase {
   SamplingParams params;
   std::vector<int32_t> context;
   int64_t generated_index = 0;
-  bool want_fallback = false;
+  bool host_only = false;  // the row is marked for the host: the device must leave it alone
 };
 
 // Runs LaunchSample over the cases (one row each, vocabulary V) and checks every row against
-// Sampler::Sample on the same logits: the same token and finite flag, or the expected fallback.
+// Sampler::Sample on the same logits: the same token and finite flag (host_only rows: the
+// fallback flag and nothing else).
 void ExpectSampleMatchesHost(const std::vector<SampleCase>& cases, int V) {
   const int rows = static_cast<int>(cases.size());
   std::vector<float> all;
@@ -779,6 +781,7 @@ void ExpectSampleMatchesHost(const std::vector<SampleCase>& cases, int V) {
     a.penalty = c.params.repetition_penalty;
     a.ctx_begin = static_cast<int32_t>(ctx.size());
     a.ctx_len = static_cast<int32_t>(c.context.size());
+    a.host_only = c.host_only ? 1 : 0;
     ctx.insert(ctx.end(), c.context.begin(), c.context.end());
     with_penalty |= c.params.repetition_penalty != 1.f;
   }
@@ -807,7 +810,7 @@ void ExpectSampleMatchesHost(const std::vector<SampleCase>& cases, int V) {
     const SampleCase& c = cases[r];
     const int32_t token = got[r], finite = got[rows + r], fallback = got[2 * rows + r];
     ASSERT_TRUE(fallback == 0 || fallback == 1) << c.what << ": fallback flag " << fallback;
-    EXPECT_EQ(fallback, c.want_fallback ? 1 : 0) << c.what;
+    EXPECT_EQ(fallback, c.host_only ? 1 : 0) << c.what;
     if (fallback) continue;
     ++on_device;
     std::vector<float> row = c.logits;
@@ -853,12 +856,17 @@ TEST(SampleKernelTest, PicksWhatTheHostSamplerPicks) {
     Rng rng(50 + V);
     std::vector<SampleCase> cases;
     const int draws = V > 10000 ? 6 : 24;  // draws a configuration (seeds and indices differ)
-    const auto add = [&](const std::string& what, SamplingParams p, bool peaked, bool fallback,
-                         bool penalized = false) {
+    // Rows: peaked (a nucleus of a few tokens), flat (uniform in [-3, 3]: a nucleus of most of
+    // the vocabulary), or flat rounded to bf16 (the LM head's precision: thousands of exact ties).
+    enum Shape { kPeaked, kFlat, kFlatBf16 };
+    const auto add = [&](const std::string& what, SamplingParams p, Shape shape, bool penalized = false) {
       for (int d = 0; d < draws; ++d) {
         SampleCase c;
         c.what = what + " draw " + std::to_string(d);
-        c.logits = peaked ? PeakedRow(rng, V, 40) : rng.Vector(V, -3, 3);
+        c.logits = shape == kPeaked ? PeakedRow(rng, V, 40) : rng.Vector(V, -3, 3);
+        if (shape == kFlatBf16) {
+          for (float& x : c.logits) x = RoundThrough(DType::kBF16, x);
+        }
         c.params = p;
         c.params.seed = p.seed + 7919 * d;
         c.generated_index = d * 3;
@@ -869,25 +877,31 @@ TEST(SampleKernelTest, PicksWhatTheHostSamplerPicks) {
           c.context.push_back(top);
           c.context.push_back(top);
         }
-        c.want_fallback = fallback;
         cases.push_back(std::move(c));
       }
     };
-    add("greedy + penalty", Params(0, 1, 0, 1.3f, 1), true, false, true);
-    add("temperature 1, whole vocabulary", Params(1, 1, 0, 1, 2), false, false);
-    add("temperature 0.7, whole vocabulary, peaked", Params(0.7f, 1, 0, 1, 3), true, false);
-    add("top-k 1", Params(1, 1, 1, 1, 4), false, false);
-    add("top-k 5", Params(0.8f, 1, 5, 1, 5), true, false);
-    add("top-k 50", Params(1.2f, 1, 50, 1, 6), false, false);
-    add("top-k 1024", Params(1, 1, 1024, 1, 7), false, false);
-    add("top-k 1025", Params(1, 1, 1025, 1, 8), false, V > 1025);
-    add("top-p 0.5, peaked", Params(1, 0.5f, 0, 1, 9), true, false);
-    add("top-p 0.9, peaked", Params(0.9f, 0.9f, 0, 1, 10), true, false);
-    add("top-k 40 + top-p 0.8", Params(1, 0.8f, 40, 1, 11), false, false);
-    add("top-k 20 + top-p 0.95 + penalty, peaked", Params(0.6f, 0.95f, 20, 1.5f, 12), true, false, true);
-    add("temperature + penalty", Params(1, 1, 0, 0.8f, 13), false, false, true);
-    // A flat row's top-p nucleus is most of the vocabulary: more than the device keeps.
-    add("top-p 0.9, flat", Params(1, 0.9f, 0, 1, 14), false, V > 1024);
+    add("greedy + penalty", Params(0, 1, 0, 1.3f, 1), kPeaked, true);
+    add("temperature 1, whole vocabulary", Params(1, 1, 0, 1, 2), kFlat);
+    add("temperature 0.7, whole vocabulary, peaked", Params(0.7f, 1, 0, 1, 3), kPeaked);
+    add("top-k 1", Params(1, 1, 1, 1, 4), kFlat);
+    add("top-k 5", Params(0.8f, 1, 5, 1, 5), kPeaked);
+    add("top-k 50", Params(1.2f, 1, 50, 1, 6), kFlat);
+    add("top-k 1024", Params(1, 1, 1024, 1, 7), kFlat);
+    add("top-p 0.5, peaked", Params(1, 0.5f, 0, 1, 9), kPeaked);
+    add("top-p 0.9, peaked", Params(0.9f, 0.9f, 0, 1, 10), kPeaked);
+    add("top-k 40 + top-p 0.8", Params(1, 0.8f, 40, 1, 11), kFlat);
+    add("top-k 20 + top-p 0.95 + penalty, peaked", Params(0.6f, 0.95f, 20, 1.5f, 12), kPeaked, true);
+    add("temperature + penalty", Params(1, 1, 0, 0.8f, 13), kFlat, true);
+    // Supports wider than the candidate sort (V > 1,024: the mass selects of WideSample).
+    add("top-k 1025", Params(1, 1, 1025, 1, 8), kFlat);
+    add("top-p 0.9, flat", Params(1, 0.9f, 0, 1, 14), kFlat);
+    add("top-p 0.9, flat, bf16 ties", Params(1, 0.9f, 0, 1, 16), kFlatBf16);
+    add("top-p 0.3, flat, bf16 ties, temperature 0.5", Params(0.5f, 0.3f, 0, 1, 17), kFlatBf16);
+    add("top-p 0.99 + penalty, flat", Params(1.3f, 0.99f, 0, 1.2f, 18), kFlat, true);
+    if (V > 3000) {
+      add("top-k 3000, bf16 ties", Params(1, 1, 3000, 1, 19), kFlatBf16);
+      add("top-k 2500 + top-p 0.7", Params(0.8f, 0.7f, 2500, 1, 20), kFlat);
+    }
     // Ties at the k-th logit: all kept (HF), here within the candidates.
     for (int d = 0; d < draws; ++d) {
       SampleCase c;
@@ -899,14 +913,31 @@ TEST(SampleKernelTest, PicksWhatTheHostSamplerPicks) {
       c.generated_index = d;
       cases.push_back(std::move(c));
     }
-    // Ties at the k-th logit beyond the candidates' room: the host decides.
+    // Ties at the k-th logit beyond the candidates' room (the draw lands among the ties for most
+    // seeds: their ids ascending decide), and a top key whose ties alone fill the room (top-p).
     if (V > 2048) {
+      for (int d = 0; d < draws; ++d) {
+        SampleCase c;
+        c.what = "top-k 10 with 2,000 ties at the 10th, draw " + std::to_string(d);
+        c.logits = rng.Vector(V, -3, 3);
+        for (int i = 0; i < 2000; ++i) c.logits[i * (V / 2000)] = 5.f;
+        c.logits[V - 3] = 6.f;
+        c.params = Params(1, 1, 10, 1, 40 + d);
+        c.generated_index = d;
+        cases.push_back(c);
+        c.what = "top-p 0.5 with 2,000 ties at the top, draw " + std::to_string(d);
+        c.logits[V - 3] = 4.f;
+        c.params = Params(1, 0.5f, 0, 1, 60 + d);
+        cases.push_back(std::move(c));
+      }
+    }
+    // A row marked for the host: left alone.
+    {
       SampleCase c;
-      c.what = "top-k 10 with 2,000 ties at the 10th";
+      c.what = "host_only";
       c.logits = rng.Vector(V, -3, 3);
-      for (int i = 0; i < 2000; ++i) c.logits[i] = 5.f;
-      c.params = Params(1, 1, 10, 1, 40);
-      c.want_fallback = true;
+      c.params = Params(1, 0.9f, 0, 1.1f, 42);
+      c.host_only = true;
       cases.push_back(std::move(c));
     }
     // Non-finite rows: no token whatever the sampler; the penalty cannot hide a NaN.
@@ -923,50 +954,81 @@ TEST(SampleKernelTest, PicksWhatTheHostSamplerPicks) {
   }
 }
 
-// Sampling from the device over many draws follows the softmax: the tokens' frequencies over
-// 4,096 draws of one peaked row match their probabilities (top-k 8, temperature 0.5).
-TEST(SampleKernelTest, FrequenciesFollowTheDistribution) {
-  GLM_REQUIRE_CUDA_DEVICE();
-  const int V = 8195, draws = 4096;
-  Rng rng(77);
-  std::vector<float> row = rng.Vector(V, -5, 0);
-  const int ids[8] = {10, 2000, 3000, 4000, 5000, 6000, 7000, V - 1};
-  const float vals[8] = {3.0f, 2.8f, 2.5f, 2.2f, 2.0f, 1.5f, 1.0f, 0.5f};
-  for (int i = 0; i < 8; ++i) row[ids[i]] = vals[i];
+// `draws` device draws from one row (Philox seed 1234, draw d's index d): every row finite, none
+// left to the host.
+std::vector<int32_t> DrawMany(const std::vector<float>& row, int draws, float temperature, int top_k,
+                              float top_p) {
+  const int V = static_cast<int>(row.size());
   std::vector<float> all;
   all.reserve(static_cast<size_t>(draws) * V);
   std::vector<cuda::SampleRowArgs> args(draws);
   for (int d = 0; d < draws; ++d) {
     all.insert(all.end(), row.begin(), row.end());
     args[d].uniform = PhiloxUniform(1234, d);
-    args[d].temperature = 0.5f;
-    args[d].top_k = 8;
+    args[d].temperature = temperature;
+    args[d].top_k = top_k;
+    args[d].top_p = top_p;
   }
   TypedBuffer logits(DType::kF32, static_cast<int64_t>(draws) * V);
   logits.Upload(all);
   void *d_args = nullptr, *d_out = nullptr;
-  ASSERT_CUDA(cudaMalloc(&d_args, draws * sizeof(cuda::SampleRowArgs)));
-  ASSERT_CUDA(cudaMemcpy(d_args, args.data(), draws * sizeof(cuda::SampleRowArgs), cudaMemcpyHostToDevice));
-  ASSERT_CUDA(cudaMalloc(&d_out, 3 * draws * 4));
+  EXPECT_EQ(cudaMalloc(&d_args, draws * sizeof(cuda::SampleRowArgs)), cudaSuccess);
+  EXPECT_EQ(cudaMemcpy(d_args, args.data(), draws * sizeof(cuda::SampleRowArgs), cudaMemcpyHostToDevice),
+            cudaSuccess);
+  EXPECT_EQ(cudaMalloc(&d_out, 3 * draws * 4), cudaSuccess);
   int32_t* out = static_cast<int32_t*>(d_out);
-  ASSERT_CUDA(cuda::LaunchSample(logits.as<float>(), draws, V, static_cast<cuda::SampleRowArgs*>(d_args),
-                                 nullptr, false, out, out + draws, out + 2 * draws, nullptr));
+  EXPECT_EQ(cuda::LaunchSample(logits.as<float>(), draws, V, static_cast<cuda::SampleRowArgs*>(d_args),
+                               nullptr, false, out, out + draws, out + 2 * draws, nullptr),
+            cudaSuccess);
   std::vector<int32_t> got(3 * draws);
-  ASSERT_CUDA(cudaMemcpy(got.data(), d_out, 3 * draws * 4, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(cudaMemcpy(got.data(), d_out, 3 * draws * 4, cudaMemcpyDeviceToHost), cudaSuccess);
   cudaFree(d_args);
   cudaFree(d_out);
-  double z = 0;
-  for (float v : vals) z += std::exp((v - vals[0]) / 0.5);
-  for (int i = 0; i < 8; ++i) {
-    const double p = std::exp((vals[i] - vals[0]) / 0.5) / z;
-    const int n = static_cast<int>(std::count(got.begin(), got.begin() + draws, ids[i]));
-    const double sd = std::sqrt(draws * p * (1 - p));
-    EXPECT_NEAR(n, draws * p, 5 * sd + 1) << "token " << ids[i] << " p " << p;
-  }
   for (int d = 0; d < draws; ++d) {
-    ASSERT_EQ(got[draws + d], 1);
-    ASSERT_EQ(got[2 * draws + d], 0);
-    ASSERT_TRUE(std::find(ids, ids + 8, got[d]) != ids + 8) << "draw " << d << " picked " << got[d];
+    EXPECT_EQ(got[draws + d], 1) << "draw " << d << " finite";
+    EXPECT_EQ(got[2 * draws + d], 0) << "draw " << d << " fallback";
+  }
+  got.resize(draws);
+  return got;
+}
+
+// Sampling from the device over many draws follows the softmax: the tokens' frequencies over
+// 4,096 draws of one peaked row match their probabilities, from the candidate sort (top-k 8,
+// temperature 0.5) and from the mass selects (top-k 2,000: 8 heavy tokens over a floor).
+TEST(SampleKernelTest, FrequenciesFollowTheDistribution) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const int V = 8195, draws = 4096;
+  const int ids[8] = {10, 2000, 3000, 4000, 5000, 6000, 7000, V - 1};
+  const float vals[8] = {3.0f, 2.8f, 2.5f, 2.2f, 2.0f, 1.5f, 1.0f, 0.5f};
+  for (const int top_k : {8, 2000}) {
+    SCOPED_TRACE("top_k " + std::to_string(top_k));
+    Rng rng(77);
+    std::vector<float> row = rng.Vector(V, -5, 0);
+    for (int i = 0; i < 8; ++i) row[ids[i]] = vals[i];
+    const float T = 0.5f;
+    const std::vector<int32_t> got = DrawMany(row, draws, T, top_k, 1.f);
+    // The support: the top_k largest logits (the row has no ties at its k-th).
+    std::vector<float> sorted = row;
+    std::sort(sorted.begin(), sorted.end(), std::greater<float>());
+    double z = 0;
+    for (int i = 0; i < top_k; ++i) z += std::exp((sorted[i] - vals[0]) / T);
+    const float kth = sorted[top_k - 1];
+    int in_heavy = 0;
+    for (int i = 0; i < 8; ++i) {
+      const double p = std::exp((vals[i] - vals[0]) / T) / z;
+      const int n = static_cast<int>(std::count(got.begin(), got.end(), ids[i]));
+      in_heavy += n;
+      const double sd = std::sqrt(draws * p * (1 - p));
+      EXPECT_NEAR(n, draws * p, 5 * sd + 1) << "token " << ids[i] << " p " << p;
+    }
+    for (int d = 0; d < draws; ++d) {
+      ASSERT_TRUE(got[d] >= 0 && got[d] < V && row[got[d]] >= kth) << "draw " << d << " picked " << got[d];
+    }
+    if (top_k == 8) {
+      EXPECT_EQ(in_heavy, draws);
+    } else {
+      EXPECT_LT(in_heavy, draws) << "the floor's mass is drawn too";
+    }
   }
 }
 

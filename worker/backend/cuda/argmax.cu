@@ -219,6 +219,177 @@ __device__ __forceinline__ void ForEachLogit(const float* __restrict__ row, int 
   }
 }
 
+// Exact block-wide sum of uint64 (order-free); every thread gets it.
+__device__ uint64_t BlockSumU64(uint64_t x) {
+  __shared__ uint64_t s_part[32];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  if (lane == 0) s_part[warp] = x;
+  __syncthreads();
+  uint64_t y = lane < static_cast<int>(blockDim.x / 32) ? s_part[lane] : 0u;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+  __syncthreads();  // s_part reusable
+  return y;
+}
+
+// Sampling from a support too wide for the candidate sort (a top-p nucleus past
+// kSampleCandidates tokens, top_k above it, ties at the k-th logit past the room): radix selects
+// by probability mass instead of a sort. A token's mass is its weight exp((x - max) / T) in
+// fixed point (w * 2^qshift, truncated; sums of up to V of them fit 62 bits), so every sum is an
+// integer sum and exact in any order: the same row gives the same token on every run. Sampler
+// sums the same weights in double in sorted order; the two can differ only where the draw or
+// the top-p boundary falls within ~2^-qshift (about 6e-14 at V = 151,552) of a token's edge.
+struct WideScratch {
+  uint64_t* hist;  // [kHistCopies][kRadixBins] mass histograms
+  uint64_t* bins;  // [kRadixBins]
+};
+
+// Among the keys >= min_key, the key whose tie group holds the need-th unit of mass counted from
+// the largest key down: above < need <= above + the group's mass, above = the mass of the keys
+// above it (>= min_key). need_frac >= 0: need = max(1, ceil(need_frac * total)) with total the mass
+// of all keys >= min_key (the first pass's histogram); else need = need_abs. 8 bits a pass.
+template <typename Pen, typename Mass>
+__device__ void MassSelect(const float* __restrict__ row, int V, Pen penalize, Mass mass,
+                           uint32_t min_key, double need_frac, uint64_t need_abs, WideScratch ws,
+                           uint32_t* key_out, uint64_t* above_out, uint64_t* need_out) {
+  __shared__ uint64_t s_above, s_need;
+  __shared__ int s_bin;
+  const int tid = threadIdx.x, warp = tid / 32;
+  uint64_t* my_hist = ws.hist + (warp % kHistCopies) * kRadixBins;
+  uint32_t prefix = 0u, mask = 0u;
+  uint64_t above = 0u, need = need_abs;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) ws.hist[i] = 0u;
+    __syncthreads();
+    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+      if (!ok) return;
+      const float x = penalize(raw, j);
+      const uint32_t key = OrderedKey(x);
+      if (key < min_key || (key & mask) != prefix) return;
+      const uint64_t q = mass(x);
+      if (q != 0u) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(&my_hist[(key >> shift) & 0xffu]),
+                  static_cast<unsigned long long>(q));
+      }
+    });
+    __syncthreads();
+    for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
+      uint64_t c = 0u;
+      for (int hc = 0; hc < kHistCopies; ++hc) c += ws.hist[hc * kRadixBins + bin];
+      ws.bins[bin] = c;
+    }
+    __syncthreads();
+    if (tid == 0) {
+      if (shift == 24 && need_frac >= 0.0) {
+        uint64_t total = 0u;
+        for (int bin = 0; bin < kRadixBins; ++bin) total += ws.bins[bin];
+        const double want = ceil(need_frac * static_cast<double>(total));
+        need = want < 1.0 ? 1u : (want >= static_cast<double>(total) ? total : static_cast<uint64_t>(want));
+      }
+      // The bin where the mass from the top reaches need (the lowest bin with mass, should
+      // rounding have left need above the whole range).
+      int bin = kRadixBins - 1, last = -1;
+      uint64_t acc = above, acc_last = above;
+      for (; bin >= 0; --bin) {
+        const uint64_t m = ws.bins[bin];
+        if (m == 0u) continue;
+        if (acc + m >= need) break;
+        last = bin;
+        acc_last = acc;
+        acc += m;
+      }
+      if (bin < 0) {
+        bin = last < 0 ? 0 : last;
+        acc = acc_last;
+      }
+      s_bin = bin;
+      s_above = acc;
+      s_need = need;
+    }
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(s_bin) << shift;
+    mask |= 0xffu << shift;
+    above = s_above;
+    need = s_need;
+    __syncthreads();
+  }
+  *key_out = prefix;
+  *above_out = above;
+  *need_out = need;
+}
+
+// The token Sampler would draw with target u from the tokens whose key is >= min_key (top-k's
+// k-th key with every tie, or 0: the whole vocabulary), through top-p when use_top_p: the mass
+// selects of the nucleus boundary and of the draw, then the draw's place among its key's ties
+// (ids ascending, as Sampler sorts them). All threads of the block call it; all get the token.
+template <typename Pen>
+__device__ int WideSample(const float* __restrict__ row, int V, Pen penalize, double max_logit,
+                          double inv_t, double u, bool use_top_p, float top_p, uint32_t min_key,
+                          WideScratch ws) {
+  __shared__ int s_token;
+  const int tid = threadIdx.x;
+  const int qshift = 62 - (32 - __clz(V));  // V * 2^qshift < 2^62
+  const double qscale = ldexp(1.0, qshift);
+  const auto mass = [&](float x) {
+    return static_cast<uint64_t>(__double2ull_rz(exp((static_cast<double>(x) - max_logit) * inv_t) * qscale));
+  };
+  // The nucleus: the keys above its last key, and the first m tokens of that key's ties.
+  uint32_t last_key = min_key;
+  uint64_t nucleus = 0u;
+  if (use_top_p) {
+    uint64_t above = 0u, need = 0u;
+    MassSelect(row, V, penalize, mass, min_key, static_cast<double>(top_p), 0u, ws, &last_key, &above, &need);
+    const uint64_t q = mass(KeyValue(last_key));
+    const uint64_t m = q == 0u ? 1u : (need - above + q - 1u) / q;  // need > above
+    nucleus = above + m * q;
+  } else {
+    uint64_t local = 0u;
+    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
+      if (!ok) return;
+      const float x = penalize(raw, j);
+      if (OrderedKey(x) >= min_key) local += mass(x);
+    });
+    nucleus = BlockSumU64(local);
+  }
+  // The draw: the token holding unit target = floor(u * nucleus) of the nucleus' mass.
+  if (nucleus == 0u) nucleus = 1u;
+  uint64_t target = static_cast<uint64_t>(__double2ull_rz(u * static_cast<double>(nucleus)));
+  if (target >= nucleus) target = nucleus - 1u;
+  uint32_t key = 0u;
+  uint64_t above = 0u, need = 0u;
+  MassSelect(row, V, penalize, mass, last_key, -1.0, target + 1u, ws, &key, &above, &need);
+  const uint64_t q = mass(KeyValue(key));
+  const int64_t t = q == 0u ? 0 : static_cast<int64_t>((target - above) / q);  // among key's ties
+  // The t-th id (ascending) whose key is `key`: each thread counts its contiguous segment, a
+  // block scan places t, the owner walks its segment.
+  const int seg = (V + kSampleThreads - 1) / kSampleThreads;
+  const int b = min(V, tid * seg), e = min(V, b + seg);
+  int count = 0;
+  for (int j = b; j < e; ++j) count += OrderedKey(penalize(row[j], j)) == key ? 1 : 0;
+  double excl_d;
+  BlockExclusiveScan(static_cast<double>(count), &excl_d);  // integers below 2^53: exact
+  if (tid == 0) s_token = -1;
+  __syncthreads();
+  const int64_t excl = static_cast<int64_t>(excl_d);
+  if (count > 0 && excl <= t && t < excl + count) {
+    int64_t c = excl;
+    for (int j = b; j < e; ++j) {
+      if (OrderedKey(penalize(row[j], j)) != key) continue;
+      if (c == t) {
+        s_token = j;
+        break;
+      }
+      ++c;
+    }
+  }
+  __syncthreads();
+  const int token = s_token;
+  __syncthreads();
+  return token;
+}
+
 __global__ void __launch_bounds__(kSampleThreads)
 SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __restrict__ args,
              const int32_t* __restrict__ context_ids, int bitmap_words, int32_t* __restrict__ tokens,
@@ -231,7 +402,10 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   double* w = reinterpret_cast<double*>(cand + kSampleCandidates);       // weights / scan
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(w + kSampleCandidates);  // [bitmap_words]
   __shared__ uint32_t s_bins[kRadixBins];
-  __shared__ int s_sel[2], s_count[2], s_token;
+  __shared__ int s_sel[2], s_count[2], s_token, s_wide;
+  // The wide path's mass histograms over the radix histograms and the candidate keys (16 KiB),
+  // its reduced bins over the weights.
+  const WideScratch ws{reinterpret_cast<uint64_t*>(smem), reinterpret_cast<uint64_t*>(w)};
 
   const int r = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const SampleRowArgs p = args[r];
@@ -319,7 +493,9 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
     return finish(s_token == INT_MAX ? best_i : s_token, 1, 0);  // rounding past the top: argmax
   }
 
-  if (use_top_k && p.top_k > kSampleCandidates) return finish(0, 1, 1);
+  const auto wide = [&](uint32_t min_key) {
+    return WideSample(row, V, penalize, max_logit, inv_t, p.uniform, use_top_p, p.top_p, min_key, ws);
+  };
   const int K = use_top_k ? p.top_k : min(V, kSampleCandidates);
   // Radix select of the K-th largest key, 8 bits a pass from the top; warp-aggregated counts.
   uint32_t prefix = 0u, mask = 0u;
@@ -361,6 +537,8 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
     __syncthreads();
   }
   const uint32_t kth = prefix;
+  // top_k past the candidates: every key >= the k-th (ties kept) through the mass selects.
+  if (use_top_k && p.top_k > kSampleCandidates) return finish(wide(kth), 1, 0);
   const int count_gt = K - remaining;  // keys above the K-th
   const int tie_room = kSampleCandidates - count_gt;
   if (tid == 0) s_count[0] = s_count[1] = 0;
@@ -380,9 +558,9 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   const bool all_ties = ties <= tie_room;
   // Top-k keeps every tie of the k-th logit (HF); without top-k the candidates must be a prefix
   // of the sorted vocabulary, so incomplete ties are dropped.
-  if (use_top_k && !all_ties) return finish(0, 1, 1);
+  if (use_top_k && !all_ties) return finish(wide(kth), 1, 0);
   const int n_cand = all_ties ? count_gt + ties : count_gt;
-  if (n_cand == 0) return finish(0, 1, 1);
+  if (n_cand == 0) return finish(wide(0u), 1, 0);  // top-p alone, the top key's ties past the room
   for (int i = n_cand + tid; i < kSampleCandidates; i += kSampleThreads) cand[i] = ~uint64_t{0};
   __syncthreads();
   // Bitonic sort, ascending.
@@ -448,10 +626,16 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
         if (target < c) { token = static_cast<int>(cand[i] & 0xffffffffu); break; }
       }
     }
-    tokens[r] = to_host ? 0 : token;
-    finite[r] = 1;
-    fallback[r] = to_host ? 1 : 0;
+    s_wide = to_host ? 1 : 0;
+    if (!to_host) {
+      tokens[r] = token;
+      finite[r] = 1;
+      fallback[r] = 0;
+    }
   }
+  __syncthreads();
+  // A nucleus reaching past the candidates (top-p alone on a flat distribution).
+  if (s_wide) finish(wide(0u), 1, 0);
 }
 
 }  // namespace

@@ -1269,8 +1269,8 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
   for (int r = 0; r < R; ++r) {
     (*finite)[r] = host[act_seqs_ + r] != 0;
     if (host[2 * act_seqs_ + r] == 0) continue;
-    // The device kept too few candidates for this row (a wide top-p nucleus, top-k above
-    // cuda::kSampleCandidates, ties): Sampler on its logits.
+    // A row the device left alone (host_only: a penalty over a vocabulary too large for the
+    // kernel's bitmap): Sampler on its logits.
     host_row_.resize(V);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(host_row_.data(), logits_f32_.get<float>() + int64_t{r} * V,
                                     V * sizeof(float), cudaMemcpyDeviceToHost));

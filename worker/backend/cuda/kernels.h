@@ -190,8 +190,9 @@ struct SampleRowArgs {
   int32_t ctx_len = 0;
   int32_t host_only = 0;     // 1: leave the row to the host (fallback = 1)
 };
-// Candidates a row keeps on the device: top-k above this, or a top-p nucleus (or ties at the
-// k-th logit) reaching past this many tokens, leave the row to the host.
+// Candidates a row sorts in shared memory. A support wider than this (top_k above it, ties at the
+// k-th logit past the room, a top-p nucleus reaching past it) is sampled on the device too, by
+// radix selects over fixed-point probability mass instead of the sort (argmax.cu, WideSample).
 constexpr int kSampleCandidates = 1024;
 // Largest vocabulary whose repetition-penalty bitmap fits the kernel's shared memory on the
 // current device (about 180,000 on any GPU, as every GPU gives a block 48 KiB; more where a block may
@@ -199,7 +200,8 @@ constexpr int kSampleCandidates = 1024;
 int SampleMaxPenaltyVocab();
 // logits: [rows, V] fp32 (16-byte aligned when V % 4 == 0: read in vectors); args: [rows]
 // (device); context_ids: the penalty scopes (device). Per row: tokens, finite (1: no NaN/Inf
-// after the penalty), fallback (1: no token, the host samples this row from the logits).
+// after the penalty), fallback (1: no token, the host samples this row from the logits: the
+// rows marked host_only).
 // with_penalty: some row has penalty != 1 (V <= SampleMaxPenaltyVocab()).
 cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
                          const int32_t* context_ids, bool with_penalty, int32_t* tokens,
