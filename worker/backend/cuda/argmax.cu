@@ -493,8 +493,11 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
     return finish(s_token == INT_MAX ? best_i : s_token, 1, 0);  // rounding past the top: argmax
   }
 
-  const auto wide = [&](uint32_t min_key) {
-    return WideSample(row, V, penalize, max_logit, inv_t, p.uniform, use_top_p, p.top_p, min_key, ws);
+  // The wide path's token (a row it could not place, which the mass sums rule out, goes to the
+  // host rather than out as an invalid id).
+  const auto finish_wide = [&](uint32_t min_key) {
+    const int t = WideSample(row, V, penalize, max_logit, inv_t, p.uniform, use_top_p, p.top_p, min_key, ws);
+    finish(t >= 0 ? t : 0, 1, t >= 0 ? 0 : 1);
   };
   const int K = use_top_k ? p.top_k : min(V, kSampleCandidates);
   // Radix select of the K-th largest key, 8 bits a pass from the top; warp-aggregated counts.
@@ -538,7 +541,7 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   }
   const uint32_t kth = prefix;
   // top_k past the candidates: every key >= the k-th (ties kept) through the mass selects.
-  if (use_top_k && p.top_k > kSampleCandidates) return finish(wide(kth), 1, 0);
+  if (use_top_k && p.top_k > kSampleCandidates) return finish_wide(kth);
   const int count_gt = K - remaining;  // keys above the K-th
   const int tie_room = kSampleCandidates - count_gt;
   if (tid == 0) s_count[0] = s_count[1] = 0;
@@ -558,9 +561,9 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   const bool all_ties = ties <= tie_room;
   // Top-k keeps every tie of the k-th logit (HF); without top-k the candidates must be a prefix
   // of the sorted vocabulary, so incomplete ties are dropped.
-  if (use_top_k && !all_ties) return finish(wide(kth), 1, 0);
+  if (use_top_k && !all_ties) return finish_wide(kth);
   const int n_cand = all_ties ? count_gt + ties : count_gt;
-  if (n_cand == 0) return finish(wide(0u), 1, 0);  // top-p alone, the top key's ties past the room
+  if (n_cand == 0) return finish_wide(0u);  // top-p alone, the top key's ties past the room
   for (int i = n_cand + tid; i < kSampleCandidates; i += kSampleThreads) cand[i] = ~uint64_t{0};
   __syncthreads();
   // Bitonic sort, ascending.
@@ -635,7 +638,7 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   }
   __syncthreads();
   // A nucleus reaching past the candidates (top-p alone on a flat distribution).
-  if (s_wide) finish(wide(0u), 1, 0);
+  if (s_wide) finish_wide(0u);
 }
 
 }  // namespace

@@ -1270,7 +1270,7 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
     (*finite)[r] = host[act_seqs_ + r] != 0;
     if (host[2 * act_seqs_ + r] == 0) continue;
     // A row the device left alone (host_only: a penalty over a vocabulary too large for the
-    // kernel's bitmap): Sampler on its logits.
+    // kernel's bitmap; or a wide row it could not place): Sampler on its logits.
     host_row_.resize(V);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(host_row_.data(), logits_f32_.get<float>() + int64_t{r} * V,
                                     V * sizeof(float), cudaMemcpyDeviceToHost));

@@ -201,7 +201,7 @@ int SampleMaxPenaltyVocab();
 // logits: [rows, V] fp32 (16-byte aligned when V % 4 == 0: read in vectors); args: [rows]
 // (device); context_ids: the penalty scopes (device). Per row: tokens, finite (1: no NaN/Inf
 // after the penalty), fallback (1: no token, the host samples this row from the logits: the
-// rows marked host_only).
+// rows marked host_only, and a wide row the mass selects could not place, which they rule out).
 // with_penalty: some row has penalty != 1 (V <= SampleMaxPenaltyVocab()).
 cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
                          const int32_t* context_ids, bool with_penalty, int32_t* tokens,
