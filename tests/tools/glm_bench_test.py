@@ -87,6 +87,10 @@ def main():
     check(rc != 0 and "exactly one of --model" in log, f"--model with --synthetic refused: {log[-300:]}")
     rc, log = run(bench, ["--model", model, "--backend", "tpu"])
     check(rc != 0 and "--backend=tpu" in log, f"an unknown backend refused: {log[-300:]}")
+    rc, log = run(bench, ["--model", model, "--backend", "cpu", "--baseline", "vllm"])
+    check(rc != 0 and "--baseline=vllm" in log, f"an unknown baseline refused: {log[-300:]}")
+    rc, log = run(bench, ["--model", model, "--backend", "cpu", "--baseline", "hf", "--hf_attn", "fast"])
+    check(rc != 0 and "--hf_attn=fast" in log, f"an unknown attention refused: {log[-300:]}")
 
     # 4. --baseline hf.
     out_json = os.path.join(work, "hf.json")

@@ -71,7 +71,8 @@ ABSL_FLAG(bool, profile, false, "CUDA: log a per-phase time breakdown (GLM_CUDA_
           "the TTFT step, the second offline-throughput prefill step and two of its decode steps");
 ABSL_FLAG(std::string, baseline, "",
           "hf: also run transformers (python3 + torch) on the same checkpoint and prompts");
-ABSL_FLAG(std::string, hf_attn, "eager", "--baseline hf: transformers' attn_implementation (eager, sdpa)");
+ABSL_FLAG(std::string, hf_attn, "eager",
+          "--baseline hf: transformers' attn_implementation (eager, sdpa, flash_attention_2)");
 ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
 
 namespace glm {
@@ -155,6 +156,20 @@ struct Figures {
   nlohmann::json j;
 };
 
+// A shell word for `s` (single-quoted).
+std::string ShellQuote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// A number of the baseline's JSON, or -1 when it is missing or not a positive number.
+double PositiveNumber(const nlohmann::json& j, const char* key) {
+  if (!j.contains(key) || !j[key].is_number()) return -1;
+  const double v = j[key].get<double>();
+  return v > 0 ? v : -1;
+}
+
 // --baseline hf: tools/glm-bench/hf_baseline.py on the same checkpoint and workload (the prompts
 // this run used, written to a temp file), its figures and ours as ratios.
 absl::Status RunHfBaseline(const std::string& dir, Precision precision, const nlohmann::json& workload,
@@ -174,9 +189,10 @@ absl::Status RunHfBaseline(const std::string& dir, Precision precision, const nl
   if (!(std::ofstream(prompts) << workload.dump())) {
     return absl::InternalError("--baseline hf: cannot write " + prompts);
   }
-  const std::string cmd = absl::StrFormat("python3 %s --model %s --dtype %s --attn %s --workload %s --json %s",
-                                          script.string(), dir, PrecisionName(precision),
-                                          absl::GetFlag(FLAGS_hf_attn), prompts, out);
+  const std::string cmd = absl::StrFormat(
+      "python3 %s --model %s --dtype %s --attn %s --workload %s --json %s", ShellQuote(script.string()),
+      ShellQuote(dir), PrecisionName(precision), absl::GetFlag(FLAGS_hf_attn), ShellQuote(prompts),
+      ShellQuote(out));
   std::fprintf(stderr, "glm-bench: %s\n", cmd.c_str());
   if (std::system(cmd.c_str()) != 0) {
     fig->j["hf"] = {{"error", "hf_baseline.py failed (see stderr)"}};
@@ -192,31 +208,37 @@ absl::Status RunHfBaseline(const std::string& dir, Precision precision, const nl
   nlohmann::json ratio = nlohmann::json::object();
   std::printf("vs HF transformers (%s attention, same checkpoint and prompts):\n",
               absl::GetFlag(FLAGS_hf_attn).c_str());
-  if (hf.contains("bs1_decode_tok_s")) {
-    const double theirs = hf["bs1_decode_tok_s"].get<double>();
+  if (const double theirs = PositiveNumber(hf, "bs1_decode_tok_s"); theirs > 0) {
     ratio["bs1_decode"] = bs1_tps / theirs;
     std::printf("  bs1 decode: %.1f vs %.1f tok/s (%.1fx)\n", bs1_tps, theirs, bs1_tps / theirs);
   }
-  if (hf.contains("ttft_ms")) {
-    const double theirs = hf["ttft_ms"].get<double>();
+  if (const double theirs = PositiveNumber(hf, "ttft_ms"); theirs > 0) {
     ratio["ttft"] = theirs / (ttft_s * 1e3);
     std::printf("  TTFT: %.1f vs %.1f ms (%.1fx)\n", ttft_s * 1e3, theirs, theirs / (ttft_s * 1e3));
   }
-  if (hf.contains("offline_generated_tok_s") && workload.contains("offline")) {
+  const double theirs_offline = PositiveNumber(hf, "offline_generated_tok_s");
+  if (theirs_offline > 0 && workload.contains("offline")) {
     const double ours = workload["offline"]["generated_tok_s"].get<double>();
-    const double theirs = hf["offline_generated_tok_s"].get<double>();
+    const double theirs = theirs_offline;
     ratio["offline_throughput"] = ours / theirs;
     std::printf("  offline (Engine vs model.generate in batches of %d): %.0f vs %.0f generated tok/s "
                 "(%.1fx)\n",
                 workload["offline"]["concurrency"].get<int>(), ours, theirs, ours / theirs);
   } else if (hf.contains("offline_error")) {
-    std::printf("  offline: transformers failed: %s\n", hf["offline_error"].get<std::string>().c_str());
+    std::printf("  offline: transformers failed: %s\n", hf["offline_error"].dump().c_str());
   }
   fig->j["ratio_vs_hf"] = ratio;
   return absl::OkStatus();
 }
 
 absl::Status RunEngineMode(Figures* fig) {
+  const std::string baseline = absl::GetFlag(FLAGS_baseline), hf_attn = absl::GetFlag(FLAGS_hf_attn);
+  if (!baseline.empty() && baseline != "hf") {
+    return absl::InvalidArgumentError("--baseline=" + baseline + ": the one baseline is hf (HF transformers)");
+  }
+  if (hf_attn != "eager" && hf_attn != "sdpa" && hf_attn != "flash_attention_2") {
+    return absl::InvalidArgumentError("--hf_attn=" + hf_attn + ": use eager, sdpa or flash_attention_2");
+  }
   bool remove_after = false;
   ASSIGN_OR_RETURN(std::string dir, PrepareCheckpoint(&remove_after));
   struct Cleanup {
