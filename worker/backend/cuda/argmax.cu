@@ -106,6 +106,8 @@ constexpr int kHistCopies = 8;
 // fits the 48 KiB every GPU gives a block without opting in.
 constexpr size_t kSampleSmemFixed = size_t{kHistCopies} * kRadixBins * 4 +
                                     size_t{kSampleCandidates} * 8 + size_t{kSampleCandidates} * 8;
+// (The weights double as SegmentSearch's scratch, one double a thread.)
+static_assert(kSampleCandidates >= kSampleThreads, "SegmentSearch scratch");
 constexpr size_t SampleSmemBytes(int bitmap_words) {
   return kSampleSmemFixed + size_t{4} * static_cast<size_t>(bitmap_words);
 }
@@ -172,6 +174,47 @@ __device__ double BlockExclusiveScan(double x, double* excl) {
 __device__ double BlockSum(double x) {
   double excl;
   return BlockExclusiveScan(x, &excl);
+}
+
+// The first id j (vocabulary order) at which the running sum of f (f >= 0) exceeds
+// target_of(total), total the sum over the whole row: thread t sums its contiguous segment, the segment sums' block
+// scan places the target, and its owner walks its segment. Returns -1 if no id does (rounding
+// past the top); where the walk's rounding stops short inside the owner's segment, its last id
+// with f > 0. scratch: kSampleThreads doubles of shared memory. All threads call it; all get it.
+template <typename F, typename Target>
+__device__ int SegmentSearch(int V, F f, Target target_of, double* scratch) {
+  __shared__ int s_pick;
+  const int tid = threadIdx.x;
+  const int seg = (V + kSampleThreads - 1) / kSampleThreads;
+  const int b = min(V, tid * seg), e = min(V, b + seg);
+  double local = 0.0;
+  for (int j = b; j < e; ++j) local += f(j);
+  double excl;
+  const double total = BlockExclusiveScan(local, &excl);
+  scratch[tid] = excl;
+  if (tid == 0) s_pick = INT_MAX;
+  __syncthreads();
+  const double next = tid + 1 < kSampleThreads ? scratch[tid + 1] : total;
+  const double target = target_of(total);
+  if (excl <= target && target < next) {
+    double c = excl;
+    int pick = -1, last = -1;
+    for (int j = b; j < e; ++j) {
+      const double fj = f(j);
+      if (fj > 0.0) last = j;
+      c += fj;
+      if (target < c) {
+        pick = j;
+        break;
+      }
+    }
+    if (pick < 0) pick = last;
+    if (pick >= 0) atomicMin(&s_pick, pick);
+  }
+  __syncthreads();
+  const int out = s_pick;
+  __syncthreads();  // scratch and s_pick reusable
+  return out == INT_MAX ? -1 : out;
 }
 
 // Calls f(x, j, valid) for every logit x = row[j] of a row, 16 values a thread in flight (four
@@ -246,78 +289,94 @@ struct WideScratch {
   uint64_t* bins;  // [kRadixBins]
 };
 
+// A radix select over the row's ordered keys, 8 bits a pass from the top. Each pass, add(h, raw,
+// j, ok, prefix, mask, shift) histograms the logits whose key matches the digits chosen so far
+// (h: its warp's copy of the kHistCopies histograms; every lane calls it, ok false past V), the
+// copies are summed into bins, and pick(bins, shift), on thread 0, names the bin to go down into
+// (keeping the caller's running counts in shared memory). Returns the selected key; all threads
+// of the block call it and see pick's shared state after it.
+template <typename T, typename Add, typename Pick>
+__device__ uint32_t RadixSelect(const float* __restrict__ row, int V, T* hist, T* bins, Add add, Pick pick) {
+  __shared__ int s_bin;
+  const int tid = threadIdx.x;
+  T* my_hist = hist + (tid / 32 % kHistCopies) * kRadixBins;
+  uint32_t prefix = 0u, mask = 0u;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) hist[i] = T{0};
+    __syncthreads();
+    ForEachLogit(row, V, [&](float raw, int j, bool ok) { add(my_hist, raw, j, ok, prefix, mask, shift); });
+    __syncthreads();
+    for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
+      T c{0};
+      for (int hc = 0; hc < kHistCopies; ++hc) c += hist[hc * kRadixBins + bin];
+      bins[bin] = c;
+    }
+    __syncthreads();
+    if (tid == 0) s_bin = pick(bins, shift);
+    __syncthreads();
+    prefix |= static_cast<uint32_t>(s_bin) << shift;
+    mask |= 0xffu << shift;
+    __syncthreads();  // s_bin and the bins read before the next pass writes them
+  }
+  return prefix;
+}
+
 // Among the keys >= min_key, the key whose tie group holds the need-th unit of mass counted from
 // the largest key down: above < need <= above + the group's mass, above = the mass of the keys
 // above it (>= min_key). need_frac >= 0: need = max(1, ceil(need_frac * total)) with total the mass
-// of all keys >= min_key (the first pass's histogram); else need = need_abs. 8 bits a pass.
+// of all keys >= min_key (the first pass's histogram); else need = need_abs.
 template <typename Pen, typename Mass>
 __device__ void MassSelect(const float* __restrict__ row, int V, Pen penalize, Mass mass,
                            uint32_t min_key, double need_frac, uint64_t need_abs, WideScratch ws,
                            uint32_t* key_out, uint64_t* above_out, uint64_t* need_out) {
   __shared__ uint64_t s_above, s_need;
-  __shared__ int s_bin;
-  const int tid = threadIdx.x, warp = tid / 32;
-  uint64_t* my_hist = ws.hist + (warp % kHistCopies) * kRadixBins;
-  uint32_t prefix = 0u, mask = 0u;
-  uint64_t above = 0u, need = need_abs;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) ws.hist[i] = 0u;
-    __syncthreads();
-    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
-      if (!ok) return;
-      const float x = penalize(raw, j);
-      const uint32_t key = OrderedKey(x);
-      if (key < min_key || (key & mask) != prefix) return;
-      const uint64_t q = mass(x);
-      if (q != 0u) {
-        atomicAdd(reinterpret_cast<unsigned long long*>(&my_hist[(key >> shift) & 0xffu]),
-                  static_cast<unsigned long long>(q));
-      }
-    });
-    __syncthreads();
-    for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
-      uint64_t c = 0u;
-      for (int hc = 0; hc < kHistCopies; ++hc) c += ws.hist[hc * kRadixBins + bin];
-      ws.bins[bin] = c;
-    }
-    __syncthreads();
-    if (tid == 0) {
-      if (shift == 24 && need_frac >= 0.0) {
-        uint64_t total = 0u;
-        for (int bin = 0; bin < kRadixBins; ++bin) total += ws.bins[bin];
-        const double want = ceil(need_frac * static_cast<double>(total));
-        need = want < 1.0 ? 1u : (want >= static_cast<double>(total) ? total : static_cast<uint64_t>(want));
-      }
-      // The bin where the mass from the top reaches need (the lowest bin with mass, should
-      // rounding have left need above the whole range).
-      int bin = kRadixBins - 1, last = -1;
-      uint64_t acc = above, acc_last = above;
-      for (; bin >= 0; --bin) {
-        const uint64_t m = ws.bins[bin];
-        if (m == 0u) continue;
-        if (acc + m >= need) break;
-        last = bin;
-        acc_last = acc;
-        acc += m;
-      }
-      if (bin < 0) {
-        bin = last < 0 ? 0 : last;
-        acc = acc_last;
-      }
-      s_bin = bin;
-      s_above = acc;
-      s_need = need;
-    }
-    __syncthreads();
-    prefix |= static_cast<uint32_t>(s_bin) << shift;
-    mask |= 0xffu << shift;
-    above = s_above;
-    need = s_need;
-    __syncthreads();
+  if (threadIdx.x == 0) {
+    s_above = 0u;
+    s_need = need_abs;
   }
-  *key_out = prefix;
-  *above_out = above;
-  *need_out = need;
+  // (RadixSelect's first barrier orders these before pick.)
+  const auto add = [&](uint64_t* h, float raw, int j, bool ok, uint32_t prefix, uint32_t mask, int shift) {
+    if (!ok) return;
+    const float x = penalize(raw, j);
+    const uint32_t key = OrderedKey(x);
+    if (key < min_key || (key & mask) != prefix) return;
+    const uint64_t q = mass(x);
+    if (q != 0u) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(&h[(key >> shift) & 0xffu]), static_cast<unsigned long long>(q));
+    }
+  };
+  const auto pick = [&](const uint64_t* bins, int shift) {
+    uint64_t need = s_need;
+    if (shift == 24 && need_frac >= 0.0) {
+      uint64_t total = 0u;
+      for (int bin = 0; bin < kRadixBins; ++bin) total += bins[bin];
+      const double want = ceil(need_frac * static_cast<double>(total));
+      need = want < 1.0 ? 1u : (want >= static_cast<double>(total) ? total : static_cast<uint64_t>(want));
+    }
+    // The bin where the mass from the top reaches need (the lowest bin with mass, should
+    // rounding have left need above the whole range).
+    int bin = kRadixBins - 1, last = -1;
+    uint64_t acc = s_above, acc_last = s_above;
+    for (; bin >= 0; --bin) {
+      const uint64_t m = bins[bin];
+      if (m == 0u) continue;
+      if (acc + m >= need) break;
+      last = bin;
+      acc_last = acc;
+      acc += m;
+    }
+    if (bin < 0) {
+      bin = last < 0 ? 0 : last;
+      acc = acc_last;
+    }
+    s_above = acc;
+    s_need = need;
+    return bin;
+  };
+  *key_out = RadixSelect(row, V, ws.hist, ws.bins, add, pick);
+  *above_out = s_above;
+  *need_out = s_need;
+  __syncthreads();  // s_above / s_need read before a later call writes them
 }
 
 // The token Sampler would draw with target u from the tokens whose key is >= min_key (top-k's
@@ -328,8 +387,6 @@ template <typename Pen>
 __device__ int WideSample(const float* __restrict__ row, int V, Pen penalize, double max_logit,
                           double inv_t, double u, bool use_top_p, float top_p, uint32_t min_key,
                           WideScratch ws) {
-  __shared__ int s_token;
-  const int tid = threadIdx.x;
   const int qshift = 62 - (32 - __clz(V));  // V * 2^qshift < 2^62
   const double qscale = ldexp(1.0, qshift);
   const auto mass = [&](float x) {
@@ -362,32 +419,10 @@ __device__ int WideSample(const float* __restrict__ row, int V, Pen penalize, do
   MassSelect(row, V, penalize, mass, last_key, -1.0, target + 1u, ws, &key, &above, &need);
   const uint64_t q = mass(KeyValue(key));
   const int64_t t = q == 0u ? 0 : static_cast<int64_t>((target - above) / q);  // among key's ties
-  // The t-th id (ascending) whose key is `key`: each thread counts its contiguous segment, a
-  // block scan places t, the owner walks its segment.
-  const int seg = (V + kSampleThreads - 1) / kSampleThreads;
-  const int b = min(V, tid * seg), e = min(V, b + seg);
-  int count = 0;
-  for (int j = b; j < e; ++j) count += OrderedKey(penalize(row[j], j)) == key ? 1 : 0;
-  double excl_d;
-  BlockExclusiveScan(static_cast<double>(count), &excl_d);  // integers below 2^53: exact
-  if (tid == 0) s_token = -1;
-  __syncthreads();
-  const int64_t excl = static_cast<int64_t>(excl_d);
-  if (count > 0 && excl <= t && t < excl + count) {
-    int64_t c = excl;
-    for (int j = b; j < e; ++j) {
-      if (OrderedKey(penalize(row[j], j)) != key) continue;
-      if (c == t) {
-        s_token = j;
-        break;
-      }
-      ++c;
-    }
-  }
-  __syncthreads();
-  const int token = s_token;
-  __syncthreads();
-  return token;
+  // The t-th id (ascending) whose key is `key` (counts are integers below 2^53: exact sums).
+  return SegmentSearch(
+      V, [&](int j) { return OrderedKey(penalize(row[j], j)) == key ? 1.0 : 0.0; },
+      [&](double) { return static_cast<double>(t); }, reinterpret_cast<double*>(ws.bins));
 }
 
 __global__ void __launch_bounds__(kSampleThreads)
@@ -402,12 +437,12 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   double* w = reinterpret_cast<double*>(cand + kSampleCandidates);       // weights / scan
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(w + kSampleCandidates);  // [bitmap_words]
   __shared__ uint32_t s_bins[kRadixBins];
-  __shared__ int s_sel[2], s_count[2], s_token, s_wide;
+  __shared__ int s_sel[2], s_count[2], s_wide;
   // The wide path's mass histograms over the radix histograms and the candidate keys (16 KiB),
   // its reduced bins over the weights.
   const WideScratch ws{reinterpret_cast<uint64_t*>(smem), reinterpret_cast<uint64_t*>(w)};
 
-  const int r = blockIdx.x, tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int r = blockIdx.x, tid = threadIdx.x, lane = tid % 32;
   const SampleRowArgs p = args[r];
   auto finish = [&](int token, int is_finite, int to_host) {
     if (tid == 0) {
@@ -464,33 +499,10 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   const bool use_top_p = p.top_p < 1.f;
 
   if (!use_top_k && !use_top_p) {
-    // The whole distribution in vocabulary order: thread t owns a contiguous segment; the
-    // segment sums' block scan places the target, and its owner walks its segment.
-    const int seg = (V + kSampleThreads - 1) / kSampleThreads;
-    const int b = min(V, tid * seg), e = min(V, b + seg);
-    double local = 0.0;
-    for (int j = b; j < e; ++j) local += weight(value(j));
-    double excl;
-    const double total = BlockExclusiveScan(local, &excl);
-    w[tid] = excl;
-    if (tid == 0) s_token = INT_MAX;
-    __syncthreads();
-    const double next = tid + 1 < kSampleThreads ? w[tid + 1] : total;
-    const double target = p.uniform * total;
-    if (excl <= target && target < next) {
-      double c = excl;
-      int pick = -1, last = -1;
-      for (int j = b; j < e; ++j) {
-        const double wj = weight(value(j));
-        if (wj > 0.0) last = j;
-        c += wj;
-        if (target < c) { pick = j; break; }
-      }
-      if (pick < 0) pick = last;
-      if (pick >= 0) atomicMin(&s_token, pick);
-    }
-    __syncthreads();
-    return finish(s_token == INT_MAX ? best_i : s_token, 1, 0);  // rounding past the top: argmax
+    // The whole distribution in vocabulary order.
+    const int t = SegmentSearch(
+        V, [&](int j) { return weight(value(j)); }, [&](double total) { return p.uniform * total; }, w);
+    return finish(t < 0 ? best_i : t, 1, 0);  // rounding past the top: argmax
   }
 
   // The wide path's token (a row it could not place, which the mass sums rule out, goes to the
@@ -500,46 +512,29 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
     finish(t >= 0 ? t : 0, 1, t >= 0 ? 0 : 1);
   };
   const int K = use_top_k ? p.top_k : min(V, kSampleCandidates);
-  // Radix select of the K-th largest key, 8 bits a pass from the top; warp-aggregated counts.
-  uint32_t prefix = 0u, mask = 0u;
-  int remaining = K;
-  uint32_t* my_hist = hist + (warp % kHistCopies) * kRadixBins;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int i = tid; i < kHistCopies * kRadixBins; i += kSampleThreads) hist[i] = 0u;
-    __syncthreads();
-    ForEachLogit(row, V, [&](float raw, int j, bool ok) {
-      const uint32_t key = ok ? OrderedKey(penalize(raw, j)) : 0u;
-      const bool match = ok && (key & mask) == prefix;
-      const uint32_t digit = (key >> shift) & 0xffu;
-      const unsigned active = __ballot_sync(0xffffffffu, match);
-      if (match) {
-        const unsigned peers = __match_any_sync(active, digit);
-        if (lane == __ffs(peers) - 1) atomicAdd(&my_hist[digit], static_cast<uint32_t>(__popc(peers)));
-      }
-    });
-    __syncthreads();
-    for (int bin = tid; bin < kRadixBins; bin += kSampleThreads) {
-      uint32_t c = 0u;
-      for (int hc = 0; hc < kHistCopies; ++hc) c += hist[hc * kRadixBins + bin];
-      s_bins[bin] = c;
+  // Radix select of the K-th largest key; warp-aggregated counts.
+  if (tid == 0) s_sel[1] = K;  // keys still to pass, from the top
+  const auto count = [&](uint32_t* h, float raw, int j, bool ok, uint32_t prefix, uint32_t mask, int shift) {
+    const uint32_t key = ok ? OrderedKey(penalize(raw, j)) : 0u;
+    const bool match = ok && (key & mask) == prefix;
+    const uint32_t digit = (key >> shift) & 0xffu;
+    const unsigned active = __ballot_sync(0xffffffffu, match);
+    if (match) {
+      const unsigned peers = __match_any_sync(active, digit);
+      if (lane == __ffs(peers) - 1) atomicAdd(&h[digit], static_cast<uint32_t>(__popc(peers)));
     }
-    __syncthreads();
-    if (tid == 0) {
-      int rem = remaining, bin = kRadixBins - 1;
-      for (; bin > 0; --bin) {
-        if (static_cast<int>(s_bins[bin]) >= rem) break;
-        rem -= static_cast<int>(s_bins[bin]);
-      }
-      s_sel[0] = bin;
-      s_sel[1] = rem;
+  };
+  const auto pick_kth = [&](const uint32_t* bins, int) {
+    int rem = s_sel[1], bin = kRadixBins - 1;
+    for (; bin > 0; --bin) {
+      if (static_cast<int>(bins[bin]) >= rem) break;
+      rem -= static_cast<int>(bins[bin]);
     }
-    __syncthreads();
-    prefix |= static_cast<uint32_t>(s_sel[0]) << shift;
-    mask |= 0xffu << shift;
-    remaining = s_sel[1];
-    __syncthreads();
-  }
-  const uint32_t kth = prefix;
+    s_sel[1] = rem;
+    return bin;
+  };
+  const uint32_t kth = RadixSelect(row, V, hist, s_bins, count, pick_kth);
+  const int remaining = s_sel[1];
   // top_k past the candidates: every key >= the k-th (ties kept) through the mass selects.
   if (use_top_k && p.top_k > kSampleCandidates) return finish_wide(kth);
   const int count_gt = K - remaining;  // keys above the K-th
