@@ -177,10 +177,11 @@ __device__ double BlockSum(double x) {
 }
 
 // The first id j (vocabulary order) at which the running sum of f (f >= 0) exceeds
-// target_of(total), total the sum over the whole row: thread t sums its contiguous segment, the segment sums' block
-// scan places the target, and its owner walks its segment. Returns -1 if no id does (rounding
-// past the top); where the walk's rounding stops short inside the owner's segment, its last id
-// with f > 0. scratch: kSampleThreads doubles of shared memory. All threads call it; all get it.
+// target_of(total), total the sum over the whole row: thread t sums its contiguous segment, the
+// segment sums' block scan places the target, and its owner walks its segment. Returns -1 if no
+// id does (rounding past the top); where the walk's rounding stops short inside the owner's
+// segment, its last id with f > 0. scratch: kSampleThreads doubles of shared memory. All threads
+// call it; all get it.
 template <typename F, typename Target>
 __device__ int SegmentSearch(int V, F f, Target target_of, double* scratch) {
   __shared__ int s_pick;
@@ -342,7 +343,8 @@ __device__ void MassSelect(const float* __restrict__ row, int V, Pen penalize, M
     if (key < min_key || (key & mask) != prefix) return;
     const uint64_t q = mass(x);
     if (q != 0u) {
-      atomicAdd(reinterpret_cast<unsigned long long*>(&h[(key >> shift) & 0xffu]), static_cast<unsigned long long>(q));
+      atomicAdd(reinterpret_cast<unsigned long long*>(&h[(key >> shift) & 0xffu]),
+                static_cast<unsigned long long>(q));
     }
   };
   const auto pick = [&](const uint64_t* bins, int shift) {
@@ -437,7 +439,7 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   double* w = reinterpret_cast<double*>(cand + kSampleCandidates);       // weights / scan
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(w + kSampleCandidates);  // [bitmap_words]
   __shared__ uint32_t s_bins[kRadixBins];
-  __shared__ int s_sel[2], s_count[2], s_wide;
+  __shared__ int s_remaining, s_count[2], s_wide;
   // The wide path's mass histograms over the radix histograms and the candidate keys (16 KiB),
   // its reduced bins over the weights.
   const WideScratch ws{reinterpret_cast<uint64_t*>(smem), reinterpret_cast<uint64_t*>(w)};
@@ -513,7 +515,7 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
   };
   const int K = use_top_k ? p.top_k : min(V, kSampleCandidates);
   // Radix select of the K-th largest key; warp-aggregated counts.
-  if (tid == 0) s_sel[1] = K;  // keys still to pass, from the top
+  if (tid == 0) s_remaining = K;  // keys still to pass, from the top
   const auto count = [&](uint32_t* h, float raw, int j, bool ok, uint32_t prefix, uint32_t mask, int shift) {
     const uint32_t key = ok ? OrderedKey(penalize(raw, j)) : 0u;
     const bool match = ok && (key & mask) == prefix;
@@ -525,16 +527,16 @@ SampleKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __res
     }
   };
   const auto pick_kth = [&](const uint32_t* bins, int) {
-    int rem = s_sel[1], bin = kRadixBins - 1;
+    int rem = s_remaining, bin = kRadixBins - 1;
     for (; bin > 0; --bin) {
       if (static_cast<int>(bins[bin]) >= rem) break;
       rem -= static_cast<int>(bins[bin]);
     }
-    s_sel[1] = rem;
+    s_remaining = rem;
     return bin;
   };
   const uint32_t kth = RadixSelect(row, V, hist, s_bins, count, pick_kth);
-  const int remaining = s_sel[1];
+  const int remaining = s_remaining;
   // top_k past the candidates: every key >= the k-th (ties kept) through the mass selects.
   if (use_top_k && p.top_k > kSampleCandidates) return finish_wide(kth);
   const int count_gt = K - remaining;  // keys above the K-th
