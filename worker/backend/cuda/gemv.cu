@@ -18,7 +18,9 @@
 // applies the bias, GLM's partial rotary and the paged KV write of RotaryKvWriteKernel.
 // Both can take their input as a norm prologue (GemvNormIn): every block computes the residual
 // add + RMSNorm of the <= 4 rows into shared memory with the standalone kernel's code
-// (norm_row.cuh) after the PDL wait, block 0 storing the updated residual.
+// (norm_row.cuh) after the PDL wait, block 0 storing the updated residual. The norm weights are
+// copied to shared memory before the wait (StageNormWeights, where they fit), so the prologue's
+// chain after it is the residual / delta reads and the block sums, not two more L2 round trips.
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).
@@ -157,10 +159,12 @@ __device__ __forceinline__ void GemvQkvRotaryPair(const GemvQkvArgs& qa, Out* __
 // N: output columns of the warps (kSiluMul: F; kQkvRotary: column pairs, (H + 2 Hkv) * Dh / 2).
 // kNorm: x is not read; every block computes it into shared memory from na (AddRmsNormRow, the
 // standalone norm kernel's arithmetic) after the wait, block 0 also storing the new residual.
+// stage_norm (kNorm, decided in LaunchGemvSplit): the norm weights are copied to shared
+// memory after x's [M, K] before the wait (StageNormWeights).
 template <typename W, typename Out, int M, GemvEpilogue E, int S, bool kNorm>
 __global__ void __launch_bounds__(kGemvWarps * 32)
 GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N, int K,
-           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na) {
+           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na, bool stage_norm) {
   static_assert(S == 1 || S == 2 || S == 4, "split-K factor");
   constexpr int kVec = Vec16<W>::kN;
   constexpr int R = GemvRowsPerWarp<E>();
@@ -184,24 +188,38 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
   const bool first_round = active && i + (kUnroll - 1) * 32 < end;
   int4 wv[kUnroll][R];
   if (first_round) GemvLoadRound<R>(wrow, i, wv);
+  // kNorm: shared memory holds x's [M, K], then (stage_norm) the norm weight and post weight.
+  extern __shared__ __align__(16) unsigned char gemv_smem[];
+  W* const xs = reinterpret_cast<W*>(gemv_smem);
+  if constexpr (kNorm) {
+    if (stage_norm) {
+      W* s_w = xs + M * K;
+      StageNormWeights<W, W, kGemvWarps * 32>(static_cast<const W*>(na.post_weight),
+                                              static_cast<const W*>(na.weight), s_w + K, s_w, K);
+    }
+  }
   GridDependencyWait();
   LaunchDependents();
   const int4* xrows = reinterpret_cast<const int4*>(x);
   if constexpr (kNorm) {
     static_assert(sizeof(Out) == sizeof(W), "the norm prologue needs act == weight");
-    extern __shared__ __align__(16) unsigned char gemv_smem[];
     __shared__ float scratch[32];
-    W* xs = reinterpret_cast<W*>(gemv_smem);  // [M, K]
     const W* res_in = static_cast<const W*>(na.residual_in);
     const W* del = static_cast<const W*>(na.delta);
     W* res_out = blockIdx.x == 0 ? static_cast<W*>(na.residual_out) : nullptr;
+    const W* norm_w = static_cast<const W*>(na.weight);
+    const W* post_w = static_cast<const W*>(na.post_weight);
+    if (stage_norm) {
+      CopyToSharedWait();
+      norm_w = xs + M * K;
+      if (post_w != nullptr) post_w = norm_w + K;
+    }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       const int64_t off = static_cast<int64_t>(m) * K;
-      AddRmsNormRow<W, W, kGemvWarps * 32>(
-          res_in + off, del ? del + off : nullptr, static_cast<const W*>(na.post_weight),
-          static_cast<const W*>(na.weight), res_out ? res_out + off : nullptr, xs + off, K, na.eps,
-          scratch);
+      AddRmsNormRow<W, W, kGemvWarps * 32>(res_in + off, del ? del + off : nullptr, post_w, norm_w,
+                                           res_out ? res_out + off : nullptr, xs + off, K, na.eps,
+                                           scratch);
     }
     __syncthreads();
     xrows = reinterpret_cast<const int4*>(xs);
@@ -313,17 +331,25 @@ int GemvSplitFor(int64_t rows, int nvec) {
   return s;
 }
 
+// The norm prologue's x rows in shared memory (GemvNormSupports keeps them under 44 KB), and the
+// staged norm weights after them where they fit the same 44 KB (not the fp32 rows of M >= 2).
+constexpr size_t kGemvNormSmem = 44 * 1024;
+
 template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
 cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
                             const float* alpha, const GemvQkvArgs& qa, const GemvNormIn& na,
                             cudaStream_t stream) {
   const dim3 block(kGemvWarps * 32);
   const auto grid = [&](int s) { return dim3((N + kGemvWarps / s - 1) / (kGemvWarps / s)); };
-  const size_t smem = kNorm ? size_t{M} * K * sizeof(W) : 0;
+  size_t smem = kNorm ? size_t{M} * K * sizeof(W) : 0;
+  const size_t stage_bytes = (na.post_weight != nullptr ? 2 : 1) * static_cast<size_t>(K) * sizeof(W);
+  const bool stage = kNorm && kNormStageable<W, W> && NormWeightStaging() &&
+                     smem + stage_bytes <= kGemvNormSmem;
+  if (stage) smem += stage_bytes;
   switch (S) {
-    case 1: return LaunchKernel(GemvKernel<W, Out, M, E, 1, kNorm>, grid(1), block, smem, stream, x, w, y, N, K, alpha, qa, na);
-    case 2: return LaunchKernel(GemvKernel<W, Out, M, E, 2, kNorm>, grid(2), block, smem, stream, x, w, y, N, K, alpha, qa, na);
-    case 4: return LaunchKernel(GemvKernel<W, Out, M, E, 4, kNorm>, grid(4), block, smem, stream, x, w, y, N, K, alpha, qa, na);
+    case 1: return LaunchKernel(GemvKernel<W, Out, M, E, 1, kNorm>, grid(1), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
+    case 2: return LaunchKernel(GemvKernel<W, Out, M, E, 2, kNorm>, grid(2), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
+    case 4: return LaunchKernel(GemvKernel<W, Out, M, E, 4, kNorm>, grid(4), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -390,7 +416,7 @@ bool GemvNormSupports(KernelTypes types, int M, int K) {
   const int64_t elem = types.weight == DType::kF32 ? 4 : 2;
   // x staged in at most 44 KB of dynamic shared memory: with the kernel's static shared memory
   // it stays under the 48 KB a launch gets without an opt-in attribute.
-  return types.act == types.weight && GemvSupports(types.weight, M, K) && M * K * elem <= 44 * 1024;
+  return types.act == types.weight && GemvSupports(types.weight, M, K) && static_cast<size_t>(M * K * elem) <= kGemvNormSmem;
 }
 
 cudaError_t LaunchGemvSiluMul(KernelTypes types, const void* x, const void* w_gate_up, void* y,

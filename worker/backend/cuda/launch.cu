@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 
 namespace glm {
 namespace cuda {
@@ -32,6 +33,14 @@ int PositiveEnvOr(const char* name, int fallback) {
   const char* env = std::getenv(name);
   const int v = env != nullptr ? std::atoi(env) : 0;
   return v > 0 ? v : fallback;
+}
+
+bool NormWeightStaging() {
+  static const bool v = [] {
+    const char* env = std::getenv("GLM_CUDA_NORM_STAGE");
+    return DeviceComputeMajor() >= 8 && !(env != nullptr && std::strcmp(env, "0") == 0);
+  }();
+  return v;
 }
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }

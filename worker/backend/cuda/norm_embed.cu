@@ -93,23 +93,34 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 // issue one dependent load after another). kPer > 0: the row in registers (AddRmsNormRowRegs,
 // D / kV <= kPer * kRowThreads; one pass over memory); 0: AddRmsNormRow (any D).
 // Six blocks an SM at least (75% occupancy; the register count at no bound gave four).
+// stage (decided in LaunchAddRmsNorm): the norm weights go to dynamic shared memory
+// before the wait (StageNormWeights), weight then post_weight.
 template <typename Act, typename Weight, int kPer>
 __global__ void __launch_bounds__(kRowThreads, kPer <= 2 ? 6 : 4)
 AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
-                    Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps) {
+                    Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps,
+                    bool stage) {
   __shared__ float scratch[32];
+  extern __shared__ __align__(16) unsigned char norm_smem[];
+  Weight* const s_w = reinterpret_cast<Weight*>(norm_smem);
+  if constexpr (kNormStageable<Act, Weight>) {
+    if (stage) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_w + D, s_w, D);
+  }
   GridDependencyWait();
   LaunchDependents();
+  if (stage) CopyToSharedWait();
+  const Weight* w = stage ? s_w : weight;
+  const Weight* post_w = post_weight == nullptr ? nullptr : stage ? s_w + D : post_weight;
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
   const Act* del = delta ? delta + static_cast<int64_t>(r) * D : nullptr;
   Act* o = out + static_cast<int64_t>(i) * D;
   if constexpr (kPer > 0) {
-    AddRmsNormRowRegs<Act, Weight, kRowThreads, kPer>(res, del, post_weight, weight, res, o, D, eps, scratch);
+    AddRmsNormRowRegs<Act, Weight, kRowThreads, kPer>(res, del, post_w, w, res, o, D, eps, scratch);
   } else {
-    AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_weight, weight, res, o, D, eps, scratch);
+    AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_w, w, res, o, D, eps, scratch);
   }
 }
 
@@ -247,10 +258,13 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
                      : per <= 2 ? AddRmsNormVecKernel<Act, Weight, 2>
                      : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4>
                                 : AddRmsNormVecKernel<Act, Weight, 0>;
-      return LaunchKernel(kernel, rows, kRowThreads, 0, stream,
+      // Staged weights: at most 24 KB a block, so six blocks an SM still fit (an sm80's 164 KB).
+      const size_t stage_bytes = (post_weight != nullptr ? 2 : 1) * static_cast<size_t>(D) * sizeof(Weight);
+      const bool stage = kNormStageable<Act, Weight> && NormWeightStaging() && stage_bytes <= 24 * 1024;
+      return LaunchKernel(kernel, rows, kRowThreads, stage ? stage_bytes : 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
-                          static_cast<Act*>(out), row_index, D, eps);
+                          static_cast<Act*>(out), row_index, D, eps, stage);
     }
     return LaunchKernel(AddRmsNormKernel<Act, Weight>, rows, kRowThreads, smem, stream,
                         static_cast<Act*>(residual), static_cast<const Act*>(delta),

@@ -5,6 +5,7 @@
 // __fadd_rn: the same bits wherever the compiler inlines it (no contraction differences).
 #pragma once
 
+#include "worker/backend/cuda/cp_async.cuh"
 #include "worker/backend/cuda/device_types.cuh"
 
 namespace glm {
@@ -90,6 +91,29 @@ __device__ __forceinline__ void ScaleByNorm(float* x, const Weight* w, float inv
   LoadWeights<Weight, kV>(w, wv);
 #pragma unroll
   for (int e = 0; e < kV; ++e) x[e] = __fmul_rn(RoundTo<Act>(__fmul_rn(x[e], inv)), wv[e]);
+}
+
+// Whether StageNormWeights applies to (Act, Weight): a Weight vector of TVec<Act>::kN elements
+// is 16 bytes (not the fp16-safe mode's fp32 activations over fp16 weights).
+template <typename Act, typename Weight>
+constexpr bool kNormStageable = sizeof(Weight) * TVec<Act>::kN == 16;
+
+// Copies the norm weights thread t reads in AddRmsNormRow / AddRmsNormRowRegs (the vectors t,
+// t + kThreads, ... of w and of post_w, which may be null) to s_w / s_post in shared memory (D
+// weights each), so the row's two dependent weight reads become shared-memory reads instead of
+// L2 round trips on the critical path. Weights never come from an earlier kernel: callers issue
+// this before GridDependencyWait(), where it overlaps the predecessor's tail (sm80+: cp.async,
+// so the thread does not stall on it). Each thread reads back only its own vectors, so
+// CopyToSharedWait() before the row, without a barrier, is enough.
+template <typename Act, typename Weight, int kThreads>
+__device__ __forceinline__ void StageNormWeights(const Weight* post_w, const Weight* w,
+                                                 Weight* s_post, Weight* s_w, int D) {
+  static_assert(kNormStageable<Act, Weight>, "16-byte weight vectors");
+  constexpr int kV = TVec<Act>::kN;
+  for (int v = threadIdx.x; v < D / kV; v += kThreads) {
+    CopyToShared16(s_w + v * kV, w + v * kV);
+    if (post_w != nullptr) CopyToShared16(s_post + v * kV, post_w + v * kV);
+  }
 }
 
 // D % TVec<Act>::kN == 0. With delta: x = RoundTo<Act>(res_in + d), d = delta or, with post_w,
