@@ -513,9 +513,73 @@ TEST_P(KernelTest, GemvSiluMulMatchesUnfusedPathBitForBit) {
   }
 }
 
+// The compute capability major of device 0 (0 when the query fails).
+int ComputeMajor() {
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess) return 0;
+  return major;
+}
+
+// Resets the norm weight staging override when a test leaves (also on a failed assertion).
+struct StagingOverride {
+  explicit StagingOverride(int mode) { cuda::OverrideNormWeightStaging(mode); }
+  void Set(int mode) { cuda::OverrideNormWeightStaging(mode); }
+  ~StagingOverride() { cuda::OverrideNormWeightStaging(-1); }
+};
+
+// Norm weight staging (the weights copied to shared memory before the PDL wait) changes where
+// the norm weights are read from, never a bit: the standalone add-norm with and without it, for
+// D = 4096 (two vectors a thread), 6144 (the four-vector kernel) and 1002 (the shared-memory
+// kernel, which never stages), every variant. The GEMV prologue is compared both ways below.
+TEST_P(KernelTest, AddRmsNormWeightStagingKeepsEveryBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  if (ComputeMajor() < 8) GTEST_SKIP() << "norm weight staging needs sm80+ (cp.async); this GPU never stages";
+  const TypeCase& tc = GetParam();
+  StagingOverride staging(1);
+  EXPECT_TRUE(cuda::NormWeightStaging());
+  staging.Set(0);
+  EXPECT_FALSE(cuda::NormWeightStaging());
+  const int T = 5;
+  const float eps = 1e-5f;
+  for (int D : {4096, 6144, 1002})
+  for (int variant = 0; variant < 4; ++variant) {  // plain, +delta, +delta+post, gather
+    const std::string what = "D=" + std::to_string(D) + " variant " + std::to_string(variant);
+    Rng rng(30 + variant);
+    TypedBuffer res_off(tc.types.act, T * D), res_on(tc.types.act, T * D), del(tc.types.act, T * D),
+        w(tc.types.weight, D), pw(tc.types.weight, D), out_off(tc.types.act, T * D),
+        out_on(tc.types.act, T * D);
+    const auto h_res = res_off.Upload(rng.Vector(T * D, -3, 3));
+    res_on.Upload(h_res);
+    del.Upload(rng.Vector(T * D, -1, 1));
+    w.Upload(rng.Vector(D, 0.5, 1.5));
+    pw.Upload(rng.Vector(D, 0.5, 1.5));
+    const bool with_delta = variant >= 1, with_post = variant >= 2, gather = variant == 3;
+    const std::vector<int32_t> idx = {4, 0, 2};
+    void* d_idx = nullptr;
+    testing::UploadInts(&d_idx, idx);
+    const int rows = gather ? 3 : T;
+    out_off.Poison();
+    out_on.Poison();
+    for (int on : {0, 1}) {
+      staging.Set(on);
+      ASSERT_CUDA(cuda::LaunchAddRmsNorm(tc.types, (on ? res_on : res_off).get(), with_delta ? del.get() : nullptr,
+                                         with_post ? pw.get() : nullptr, w.get(), (on ? out_on : out_off).get(),
+                                         gather ? static_cast<int32_t*>(d_idx) : nullptr, rows, D, eps, nullptr));
+    }
+    auto got_off = out_off.Download(), got_on = out_on.Download();
+    got_off.resize(rows * D);
+    got_on.resize(rows * D);
+    for (float v : got_off) ASSERT_TRUE(std::isfinite(v)) << what << ": unwritten output";
+    EXPECT_EQ(got_on, got_off) << what;
+    EXPECT_EQ(res_on.Download(), res_off.Download()) << what << ": residual";
+    cudaFree(d_idx);
+  }
+}
+
 // The decode GEMVs' norm prologue (GemvNormIn: every block computes the residual add + RMSNorm
 // of its input) against LaunchAddRmsNorm followed by the same GEMV: the output and the updated
-// residual are the same bits, for the plain, +delta and +delta+post-norm variants.
+// residual are the same bits, for the plain, +delta and +delta+post-norm variants, with the norm
+// weight staging off and on for either side (it applies where the rows and weights fit 44 KB).
 TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
@@ -528,12 +592,15 @@ TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
   }
   const int F = 200;
   const float eps = 1e-5f;
+  StagingOverride staging(0);
+  for (int stage = 0; stage < 4; ++stage) {  // bit 0: the standalone norm stages, bit 1: the prologue
   for (int K : {4096, 1024 + 8}) {
     for (int M = 1; M <= 4; ++M) {
       if (!cuda::GemvNormSupports(tc.types, M, K)) continue;  // fp32, K = 4096, M > 2: over 44 KB
       for (int variant = 0; variant < 3; ++variant) {  // no delta, +delta, +delta+post
         const std::string what = "K=" + std::to_string(K) + " M=" + std::to_string(M) +
-                                 " variant " + std::to_string(variant);
+                                 " variant " + std::to_string(variant) + " staging " +
+                                 std::to_string(stage & 1) + "/" + std::to_string(stage >> 1);
         Rng rng(70 + M + K + variant);
         TypedBuffer res_a(tc.types.act, M * K), res_b(tc.types.act, M * K), res_out(tc.types.act, M * K),
             delta(tc.types.act, M * K), nw(tc.types.weight, K), pw(tc.types.weight, K),
@@ -549,6 +616,7 @@ TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
         got.Poison();
         res_out.Poison();
         const bool with_delta = variant >= 1, with_post = variant == 2;
+        staging.Set(stage & 1);
         ASSERT_CUDA(cuda::LaunchAddRmsNorm(tc.types, res_a.get(), with_delta ? delta.get() : nullptr,
                                            with_post ? pw.get() : nullptr, nw.get(), normed.get(), nullptr,
                                            M, K, eps, nullptr));
@@ -560,6 +628,7 @@ TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
         n.weight = nw.get();
         n.residual_out = with_delta ? res_out.get() : nullptr;
         n.eps = eps;
+        staging.Set(stage >> 1);
         ASSERT_CUDA(cuda::LaunchGemvSiluMul(tc.types, nullptr, w.get(), got.get(), M, F, K, nullptr, nullptr, &n));
         EXPECT_EQ(got.Download(), want.Download()) << what;
         EXPECT_EQ(res_b.Download(), h_res) << what << ": residual_in must stay untouched";
@@ -568,6 +637,7 @@ TEST_P(KernelTest, GemvNormPrologueMatchesAddRmsNormThenGemvBitForBit) {
         }
       }
     }
+  }
   }
 }
 

@@ -18,9 +18,10 @@
 // applies the bias, GLM's partial rotary and the paged KV write of RotaryKvWriteKernel.
 // Both can take their input as a norm prologue (GemvNormIn): every block computes the residual
 // add + RMSNorm of the <= 4 rows into shared memory with the standalone kernel's code
-// (norm_row.cuh) after the PDL wait, block 0 storing the updated residual. The norm weights are
-// copied to shared memory before the wait (StageNormWeights, where they fit), so the prologue's
-// chain after it is the residual / delta reads and the block sums, not two more L2 round trips.
+// (norm_row.cuh) after the PDL wait, block 0 storing the updated residual. With weight staging
+// (NormWeightStaging: opt-in until measured) the norm weights are copied to shared memory before
+// the wait (StageNormWeights, where they fit), so the prologue's chain after it is the residual
+// / delta reads and the block sums, not two more L2 round trips.
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).

@@ -120,6 +120,16 @@ cudaError_t LaunchAttentionCombine(KernelTypes types, const float* partial_out,
 cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int T, int F,
                           cudaStream_t stream);
 
+// Whether the norms (LaunchAddRmsNorm's 16-byte-vector kernel and the GEMV norm prologue) stage
+// their weights in shared memory before the PDL wait (StageNormWeights, norm_row.cuh): only on
+// sm80+ (cp.async; below sm80 the copy would stall the thread) and, until it has run on a GPU,
+// only with GLM_CUDA_NORM_STAGE=1 (a benchmark switch, read once; written and compiled on
+// 2026-12-07, when no device could be started: docs/PERFORMANCE-cuda-notes.md v15). Staging
+// changes where the weights are read from, never a result bit. OverrideNormWeightStaging: 1 on,
+// 0 off, -1 back to the environment's choice (tests compare both paths in one process).
+bool NormWeightStaging();
+void OverrideNormWeightStaging(int mode);
+
 // Memory-bound small-M GEMM: y[M, N] = alpha * x[M, K] . w[N, K]^T, x and w in the weight type,
 // y in the act type, fp32 accumulation; alpha: device scalar or null (1). For decode (M <= 4).
 // Narrow shapes split K over up to 4 warps of a block (GemvSplitK); results depend on the split

@@ -4,10 +4,13 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "worker/backend/cuda/kernels.h"
+
 namespace glm {
 namespace cuda {
 namespace {
 std::atomic<bool> g_programmatic_launch{false};
+std::atomic<int> g_norm_stage_override{-1};  // OverrideNormWeightStaging
 
 int CurrentDeviceAttribute(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
@@ -36,12 +39,15 @@ int PositiveEnvOr(const char* name, int fallback) {
 }
 
 bool NormWeightStaging() {
-  static const bool v = [] {
+  static const bool from_env = [] {
     const char* env = std::getenv("GLM_CUDA_NORM_STAGE");
-    return DeviceComputeMajor() >= 8 && !(env != nullptr && std::strcmp(env, "0") == 0);
+    return env != nullptr && std::strcmp(env, "1") == 0;
   }();
-  return v;
+  const int forced = g_norm_stage_override.load(std::memory_order_relaxed);
+  return DeviceComputeMajor() >= 8 && (forced >= 0 ? forced == 1 : from_env);
 }
+
+void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }
 bool ProgrammaticLaunchEnabled() { return g_programmatic_launch.load(std::memory_order_relaxed); }

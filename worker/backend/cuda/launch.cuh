@@ -37,11 +37,6 @@ int DeviceComputeMajor();
 // benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
 int PositiveEnvOr(const char* name, int fallback);
 
-// Whether the norms stage their weights in shared memory before GridDependencyWait()
-// (StageNormWeights in norm_row.cuh): on sm80+ (cp.async) unless GLM_CUDA_NORM_STAGE=0, a
-// benchmark switch read once. Below sm80 the copy would stall the thread, so it stays off.
-bool NormWeightStaging();
-
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");

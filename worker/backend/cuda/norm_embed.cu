@@ -104,14 +104,15 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   __shared__ float scratch[32];
   extern __shared__ __align__(16) unsigned char norm_smem[];
   Weight* const s_w = reinterpret_cast<Weight*>(norm_smem);
+  const bool staged = kNormStageable<Act, Weight> && stage;
   if constexpr (kNormStageable<Act, Weight>) {
-    if (stage) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_w + D, s_w, D);
+    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_w + D, s_w, D);
   }
   GridDependencyWait();
   LaunchDependents();
-  if (stage) CopyToSharedWait();
-  const Weight* w = stage ? s_w : weight;
-  const Weight* post_w = post_weight == nullptr ? nullptr : stage ? s_w + D : post_weight;
+  if (staged) CopyToSharedWait();
+  const Weight* w = staged ? s_w : weight;
+  const Weight* post_w = post_weight == nullptr ? nullptr : staged ? s_w + D : post_weight;
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
