@@ -192,9 +192,9 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
   // kNorm: shared memory holds x's [M, K], then (stage_norm) the norm weight and post weight.
   extern __shared__ __align__(16) unsigned char gemv_smem[];
   W* const xs = reinterpret_cast<W*>(gemv_smem);
+  W* const s_w = xs + M * K;
   if constexpr (kNorm) {
     if (stage_norm) {
-      W* s_w = xs + M * K;
       StageNormWeights<W, W, kGemvWarps * 32>(static_cast<const W*>(na.post_weight),
                                               static_cast<const W*>(na.weight), s_w + K, s_w, K);
     }
@@ -212,8 +212,8 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
     const W* post_w = static_cast<const W*>(na.post_weight);
     if (stage_norm) {
       CopyToSharedWait();
-      norm_w = xs + M * K;
-      if (post_w != nullptr) post_w = norm_w + K;
+      norm_w = s_w;
+      if (post_w != nullptr) post_w = s_w + K;
     }
 #pragma unroll
     for (int m = 0; m < M; ++m) {
@@ -343,7 +343,7 @@ cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
   const dim3 block(kGemvWarps * 32);
   const auto grid = [&](int s) { return dim3((N + kGemvWarps / s - 1) / (kGemvWarps / s)); };
   size_t smem = kNorm ? size_t{M} * K * sizeof(W) : 0;
-  const size_t stage_bytes = (na.post_weight != nullptr ? 2 : 1) * static_cast<size_t>(K) * sizeof(W);
+  const size_t stage_bytes = NormStageBytes<W>(K, na.post_weight != nullptr);
   const bool stage = kNorm && kNormStageable<W, W> && NormWeightStaging() &&
                      smem + stage_bytes <= kGemvNormSmem;
   if (stage) smem += stage_bytes;

@@ -104,15 +104,16 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   __shared__ float scratch[32];
   extern __shared__ __align__(16) unsigned char norm_smem[];
   Weight* const s_w = reinterpret_cast<Weight*>(norm_smem);
+  Weight* const s_post = s_w + D;
   const bool staged = kNormStageable<Act, Weight> && stage;
   if constexpr (kNormStageable<Act, Weight>) {
-    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_w + D, s_w, D);
+    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_post, s_w, D);
   }
   GridDependencyWait();
   LaunchDependents();
   if (staged) CopyToSharedWait();
   const Weight* w = staged ? s_w : weight;
-  const Weight* post_w = post_weight == nullptr ? nullptr : staged ? s_w + D : post_weight;
+  const Weight* post_w = post_weight == nullptr ? nullptr : staged ? s_post : post_weight;
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
@@ -260,7 +261,7 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
                      : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4>
                                 : AddRmsNormVecKernel<Act, Weight, 0>;
       // Staged weights: at most 24 KB a block, so six blocks an SM still fit (an sm80's 164 KB).
-      const size_t stage_bytes = (post_weight != nullptr ? 2 : 1) * static_cast<size_t>(D) * sizeof(Weight);
+      const size_t stage_bytes = NormStageBytes<Weight>(D, post_weight != nullptr);
       const bool stage = kNormStageable<Act, Weight> && NormWeightStaging() && stage_bytes <= 24 * 1024;
       return LaunchKernel(kernel, rows, kRowThreads, stage ? stage_bytes : 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),

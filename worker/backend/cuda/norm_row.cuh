@@ -5,6 +5,8 @@
 // __fadd_rn: the same bits wherever the compiler inlines it (no contraction differences).
 #pragma once
 
+#include <cstddef>
+
 #include "worker/backend/cuda/cp_async.cuh"
 #include "worker/backend/cuda/device_types.cuh"
 
@@ -97,6 +99,11 @@ __device__ __forceinline__ void ScaleByNorm(float* x, const Weight* w, float inv
 // is 16 bytes (not the fp16-safe mode's fp32 activations over fp16 weights).
 template <typename Act, typename Weight>
 constexpr bool kNormStageable = sizeof(Weight) * TVec<Act>::kN == 16;
+// Shared memory StageNormWeights fills: the D weights, then the D post weights if any.
+template <typename Weight>
+constexpr size_t NormStageBytes(int D, bool with_post) {
+  return (with_post ? 2 : 1) * static_cast<size_t>(D) * sizeof(Weight);
+}
 
 // Copies the norm weights thread t reads in AddRmsNormRow / AddRmsNormRowRegs (the vectors t,
 // t + kThreads, ... of w and of post_w, which may be null) to s_w / s_post in shared memory (D
