@@ -536,9 +536,11 @@ TEST_P(KernelTest, AddRmsNormWeightStagingKeepsEveryBit) {
   if (ComputeMajor() < 8) GTEST_SKIP() << "norm weight staging needs sm80+ (cp.async); this GPU never stages";
   const TypeCase& tc = GetParam();
   StagingOverride staging(1);
-  EXPECT_TRUE(cuda::NormWeightStaging());
+  EXPECT_TRUE(cuda::NormWeightStaging(cuda::NormStageSite::kAddNorm));
+  EXPECT_TRUE(cuda::NormWeightStaging(cuda::NormStageSite::kGemvPrologue));
   staging.Set(0);
-  EXPECT_FALSE(cuda::NormWeightStaging());
+  EXPECT_FALSE(cuda::NormWeightStaging(cuda::NormStageSite::kAddNorm));
+  EXPECT_FALSE(cuda::NormWeightStaging(cuda::NormStageSite::kGemvPrologue));
   const int T = 5;
   const float eps = 1e-5f;
   for (int D : {4096, 6144, 1002})

@@ -19,12 +19,15 @@
 // Both can take their input as a norm prologue (GemvNormIn): every block computes the residual
 // add + RMSNorm of the <= 4 rows into shared memory with the standalone kernel's code
 // (norm_row.cuh) after the PDL wait, block 0 storing the updated residual. With weight staging
-// (NormWeightStaging: opt-in until measured) the norm weights are copied to shared memory before
+// (NormWeightStaging, on by default here) the norm weights are copied to shared memory before
 // the wait (StageNormWeights, where they fit), so the prologue's chain after it is the residual
 // / delta reads and the block sums, not two more L2 round trips.
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).
+#include <cstdlib>
+#include <cstring>
+
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -163,9 +166,10 @@ __device__ __forceinline__ void GemvQkvRotaryPair(const GemvQkvArgs& qa, Out* __
 // stage_norm (kNorm, decided in LaunchGemvSplit): the norm weights are copied to shared
 // memory after x's [M, K] before the wait (StageNormWeights).
 template <typename W, typename Out, int M, GemvEpilogue E, int S, bool kNorm>
-__global__ void __launch_bounds__(kGemvWarps * 32)
-GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N, int K,
-           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na, bool stage_norm) {
+__device__ __forceinline__ void GemvBody(const W* __restrict__ x, const W* __restrict__ w,
+                                         Out* __restrict__ y, int N, int K,
+                                         const float* __restrict__ alpha, const GemvQkvArgs& qa,
+                                         const GemvNormIn& na, bool stage_norm) {
   static_assert(S == 1 || S == 2 || S == 4, "split-K factor");
   constexpr int kVec = Vec16<W>::kN;
   constexpr int R = GemvRowsPerWarp<E>();
@@ -302,6 +306,23 @@ GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y
   }
 }
 
+template <typename W, typename Out, int M, GemvEpilogue E, int S, bool kNorm>
+__global__ void __launch_bounds__(kGemvWarps * 32)
+GemvKernel(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N, int K,
+           const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na, bool stage_norm) {
+  GemvBody<W, Out, M, E, S, kNorm>(x, w, y, N, K, alpha, qa, na, stage_norm);
+}
+
+// The same kernel compiled for kGemvTightBlocks blocks an SM (GemvTight below).
+constexpr int kGemvTightBlocks = 8;
+template <typename W, typename Out, int M, GemvEpilogue E, int S, bool kNorm>
+__global__ void __launch_bounds__(kGemvWarps * 32, kGemvTightBlocks)
+GemvKernelTight(const W* __restrict__ x, const W* __restrict__ w, Out* __restrict__ y, int N,
+                int K, const float* __restrict__ alpha, GemvQkvArgs qa, GemvNormIn na,
+                bool stage_norm) {
+  GemvBody<W, Out, M, E, S, kNorm>(x, w, y, N, K, alpha, qa, na, stage_norm);
+}
+
 // SMs of the current device, queried once per process.
 int GemvSmCount() {
   const int sms = DeviceSmCount();
@@ -336,21 +357,51 @@ int GemvSplitFor(int64_t rows, int nvec) {
 // staged norm weights after them where they fit the same 44 KB (not the fp32 rows of M >= 2).
 constexpr size_t kGemvNormSmem = 44 * 1024;
 
+// The tight variant of the M = 1 store GEMV, compiled for 8 blocks an SM (<= 32 registers). The
+// plain one takes 34-38, which the allocation granularity (8 a thread) rounds to 40: 6 blocks an
+// SM, so bs1's o_proj and down_proj GEMVs (4,096 columns at S = 2: 1,024 blocks) ran 792 blocks
+// in a first wave and 232 in a second; 8 an SM runs them in one. GLM_CUDA_GEMV_TIGHT=0 turns it
+// off (a benchmark switch, read once). Same code, same bits: only the register allocation moves.
+template <int M, GemvEpilogue E, bool kNorm>
+constexpr bool kGemvHasTight = M == 1 && E == GemvEpilogue::kStore && !kNorm;
+
+bool GemvTight() {
+  static const bool on = [] {
+    const char* env = std::getenv("GLM_CUDA_GEMV_TIGHT");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }();
+  return on;
+}
+
 template <typename W, typename Out, int M, GemvEpilogue E, bool kNorm>
 cudaError_t LaunchGemvSplit(int S, const W* x, const W* w, Out* y, int N, int K,
                             const float* alpha, const GemvQkvArgs& qa, const GemvNormIn& na,
                             cudaStream_t stream) {
   const dim3 block(kGemvWarps * 32);
-  const auto grid = [&](int s) { return dim3((N + kGemvWarps / s - 1) / (kGemvWarps / s)); };
   size_t smem = kNorm ? size_t{M} * K * sizeof(W) : 0;
   const size_t stage_bytes = NormStageBytes<W>(K, na.post_weight != nullptr);
-  const bool stage = kNorm && kNormStageable<W, W> && NormWeightStaging() &&
+  const bool stage = kNorm && kNormStageable<W, W> &&
+                     NormWeightStaging(NormStageSite::kGemvPrologue) &&
                      smem + stage_bytes <= kGemvNormSmem;
   if (stage) smem += stage_bytes;
+  const auto launch = [&](auto kernel, int s) {
+    const dim3 grid((N + kGemvWarps / s - 1) / (kGemvWarps / s));
+    return LaunchKernel(kernel, grid, block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
+  };
+  if constexpr (kGemvHasTight<M, E, kNorm>) {
+    if (GemvTight()) {
+      switch (S) {
+        case 1: return launch(GemvKernelTight<W, Out, M, E, 1, kNorm>, 1);
+        case 2: return launch(GemvKernelTight<W, Out, M, E, 2, kNorm>, 2);
+        case 4: return launch(GemvKernelTight<W, Out, M, E, 4, kNorm>, 4);
+        default: return cudaErrorInvalidValue;
+      }
+    }
+  }
   switch (S) {
-    case 1: return LaunchKernel(GemvKernel<W, Out, M, E, 1, kNorm>, grid(1), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
-    case 2: return LaunchKernel(GemvKernel<W, Out, M, E, 2, kNorm>, grid(2), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
-    case 4: return LaunchKernel(GemvKernel<W, Out, M, E, 4, kNorm>, grid(4), block, smem, stream, x, w, y, N, K, alpha, qa, na, stage);
+    case 1: return launch(GemvKernel<W, Out, M, E, 1, kNorm>, 1);
+    case 2: return launch(GemvKernel<W, Out, M, E, 2, kNorm>, 2);
+    case 4: return launch(GemvKernel<W, Out, M, E, 4, kNorm>, 4);
     default: return cudaErrorInvalidValue;
   }
 }

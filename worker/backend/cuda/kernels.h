@@ -120,14 +120,17 @@ cudaError_t LaunchAttentionCombine(KernelTypes types, const float* partial_out,
 cudaError_t LaunchSiluMul(KernelTypes types, const void* gate_up, void* out, int T, int F,
                           cudaStream_t stream);
 
-// Whether the norms (LaunchAddRmsNorm's 16-byte-vector kernel and the GEMV norm prologue) stage
-// their weights in shared memory before the PDL wait (StageNormWeights, norm_row.cuh): only on
-// sm80+ (cp.async; below sm80 the copy would stall the thread) and, until it has run on a GPU,
-// only with GLM_CUDA_NORM_STAGE=1 (a benchmark switch, read once; written and compiled on
-// 2026-12-07, when no device could be started: docs/PERFORMANCE-cuda-notes.md v15). Staging
-// changes where the weights are read from, never a result bit. OverrideNormWeightStaging: 1 on,
-// 0 off, -1 back to the environment's choice (tests compare both paths in one process).
-bool NormWeightStaging();
+// Whether a norm stages its weights in shared memory before the PDL wait (StageNormWeights,
+// norm_row.cuh), by site: the decode GEMV's norm prologue (on by default: bs1 147.8-147.9 ->
+// 149.7-149.9 tok/s, H100, 2026-12-07) and LaunchAddRmsNorm's 16-byte-vector kernel (off by
+// default: the 256-wide decode step 12.62-12.67 -> 12.73-12.80 ms in the same runs,
+// docs/PERFORMANCE-cuda-notes.md v16). Only on sm80+ (cp.async; below sm80 the copy would stall
+// the thread). GLM_CUDA_NORM_STAGE=1 stages at both sites, =0 at neither (a benchmark switch,
+// read once). Staging changes where the weights are read from, never a result bit.
+// OverrideNormWeightStaging: 1 both on, 0 both off, -1 back to the default / environment
+// (tests compare both paths in one process).
+enum class NormStageSite { kGemvPrologue, kAddNorm };
+bool NormWeightStaging(NormStageSite site);
 void OverrideNormWeightStaging(int mode);
 
 // Memory-bound small-M GEMM: y[M, N] = alpha * x[M, K] . w[N, K]^T, x and w in the weight type,

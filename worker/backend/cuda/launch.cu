@@ -38,13 +38,16 @@ int PositiveEnvOr(const char* name, int fallback) {
   return v > 0 ? v : fallback;
 }
 
-bool NormWeightStaging() {
-  static const bool from_env = [] {
+bool NormWeightStaging(NormStageSite site) {
+  static const int from_env = [] {  // 1 both sites, 0 neither, -1 the defaults
     const char* env = std::getenv("GLM_CUDA_NORM_STAGE");
-    return env != nullptr && std::strcmp(env, "1") == 0;
+    if (env == nullptr) return -1;
+    return std::strcmp(env, "1") == 0 ? 1 : std::strcmp(env, "0") == 0 ? 0 : -1;
   }();
   const int forced = g_norm_stage_override.load(std::memory_order_relaxed);
-  return DeviceComputeMajor() >= 8 && (forced >= 0 ? forced == 1 : from_env);
+  const int mode = forced >= 0 ? forced : from_env;
+  const bool on = mode >= 0 ? mode == 1 : site == NormStageSite::kGemvPrologue;
+  return DeviceComputeMajor() >= 8 && on;
 }
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
