@@ -761,6 +761,97 @@ TEST_P(KernelTest, GemvQkvRotaryMatchesGemvThenRotaryBitForBit) {
   cudaFree(d_slots);
 }
 
+// The decode QKV GEMV with the norm prologue (what bs1 runs: GLM-4-9B's 32 / 2 heads of 128,
+// 4,608 rows, 288 blocks) against LaunchAddRmsNorm followed by the QKV GEMV without it: q
+// columns, written cache slots and the updated residual bit for bit, with the post-norm and
+// delta, staging off and on for the fused side, M = 1..4, K = 4,096 and 1,032.
+TEST_P(KernelTest, GemvQkvRotaryNormPrologueMatchesAddRmsNormThenQkvBitForBit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const TypeCase& tc = GetParam();
+  if (!cuda::GemvNormSupports(tc.types, 1, 4096)) {
+    EXPECT_NE(tc.types.act, tc.types.weight);  // only the fp16-safe mode goes without
+    return;
+  }
+  const int H = 32, Hkv = 2, Dh = 128, rot = 64, bs = 16, blocks = 8;
+  const int QKV = (H + 2 * Hkv) * Dh;
+  const float eps = 1e-5f;
+  const std::vector<int32_t> pos = {3, 1000, 0, 77};
+  const std::vector<int32_t> slots = {5 * bs + 3, -1, 2 * bs + 0, 7 * bs + 15};
+  void *d_pos = nullptr, *d_slots = nullptr, *d_inv = nullptr;
+  testing::UploadInts(&d_pos, pos);
+  testing::UploadInts(&d_slots, slots);
+  std::vector<float> inv(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+  cudaMalloc(&d_inv, inv.size() * 4);
+  cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+  const int32_t* p = static_cast<int32_t*>(d_pos);
+  const int32_t* sl = static_cast<int32_t*>(d_slots);
+  const float* iv = static_cast<float*>(d_inv);
+  const int64_t cache_elems = int64_t{blocks} * bs * Hkv * Dh;
+  StagingOverride staging(0);
+  for (int K : {4096, 1024 + 8}) {
+    Rng rng(90 + K);
+    TypedBuffer w(tc.types.weight, int64_t{QKV} * K), nw(tc.types.weight, K), pw(tc.types.weight, K);
+    w.Upload(rng.Vector(int64_t{QKV} * K, -0.1, 0.1));
+    nw.Upload(rng.Vector(K, 0.5, 1.5));
+    pw.Upload(rng.Vector(K, 0.5, 1.5));
+    const auto cache_init = rng.Vector(cache_elems, -2, 2);
+    for (int M = 1; M <= 4; ++M) {
+      if (!cuda::GemvNormSupports(tc.types, M, K)) continue;  // fp32, K = 4096, M > 2: over 44 KB
+      for (int stage : {0, 1}) {
+        const std::string what = "K=" + std::to_string(K) + " M=" + std::to_string(M) +
+                                 " staging " + std::to_string(stage);
+        TypedBuffer res_a(tc.types.act, M * K), res_b(tc.types.act, M * K), res_out(tc.types.act, M * K),
+            delta(tc.types.act, M * K), normed(tc.types.act, M * K), qkv_ref(tc.types.act, M * QKV),
+            qkv_got(tc.types.act, M * QKV), kc_ref(tc.types.weight, cache_elems),
+            vc_ref(tc.types.weight, cache_elems), kc_got(tc.types.weight, cache_elems),
+            vc_got(tc.types.weight, cache_elems);
+        const auto h_res = res_a.Upload(rng.Vector(M * K, -3, 3));
+        res_b.Upload(h_res);
+        delta.Upload(rng.Vector(M * K, -1, 1));
+        for (TypedBuffer* c : {&kc_ref, &vc_ref, &kc_got, &vc_got}) c->Upload(cache_init);
+        qkv_ref.Poison();
+        qkv_got.Poison();
+        res_out.Poison();
+        staging.Set(0);
+        ASSERT_CUDA(cuda::LaunchAddRmsNorm(tc.types, res_a.get(), delta.get(), pw.get(), nw.get(),
+                                           normed.get(), nullptr, M, K, eps, nullptr));
+        ASSERT_CUDA(cuda::LaunchGemvQkvRotary(tc.types, normed.get(), w.get(), qkv_ref.get(), M, K, nullptr,
+                                              nullptr, kc_ref.get(), vc_ref.get(), p, sl, iv, H, Hkv,
+                                              Dh, rot, nullptr));
+        cuda::GemvNormIn n;
+        n.residual_in = res_b.get();
+        n.delta = delta.get();
+        n.post_weight = pw.get();
+        n.weight = nw.get();
+        n.residual_out = res_out.get();
+        n.eps = eps;
+        staging.Set(stage);
+        ASSERT_CUDA(cuda::LaunchGemvQkvRotary(tc.types, nullptr, w.get(), qkv_got.get(), M, K, nullptr,
+                                              nullptr, kc_got.get(), vc_got.get(), p, sl, iv, H, Hkv,
+                                              Dh, rot, nullptr, &n));
+        auto want_q = qkv_ref.Download(), got_q = qkv_got.Download();
+        int bad = 0;
+        for (int m = 0; m < M; ++m)
+          for (int c = 0; c < H * Dh; ++c) {
+            const int64_t i = int64_t{m} * QKV + c;
+            if (std::memcmp(&want_q[i], &got_q[i], sizeof(float)) != 0 && ++bad <= 5) {
+              EXPECT_EQ(got_q[i], want_q[i]) << what << " q[" << m << "][" << c << "]";
+            }
+          }
+        EXPECT_EQ(bad, 0) << what << ": q values differ";
+        EXPECT_EQ(kc_got.Download(), kc_ref.Download()) << what << ": k_cache";
+        EXPECT_EQ(vc_got.Download(), vc_ref.Download()) << what << ": v_cache";
+        EXPECT_EQ(res_out.Download(), res_a.Download()) << what << ": updated residual";
+        EXPECT_EQ(res_b.Download(), h_res) << what << ": residual_in must stay untouched";
+      }
+    }
+  }
+  cudaFree(d_inv);
+  cudaFree(d_pos);
+  cudaFree(d_slots);
+}
+
 TEST_P(KernelTest, ArgmaxPicksFirstMaximumAndFlagsNonFiniteRows) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
