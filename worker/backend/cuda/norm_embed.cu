@@ -262,7 +262,8 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
                                 : AddRmsNormVecKernel<Act, Weight, 0>;
       // Staged weights: at most 24 KB a block, so six blocks an SM still fit (an sm80's 164 KB).
       const size_t stage_bytes = NormStageBytes<Weight>(D, post_weight != nullptr);
-      const bool stage = kNormStageable<Act, Weight> && NormWeightStaging(NormStageSite::kAddNorm) && stage_bytes <= 24 * 1024;
+      const bool stage = kNormStageable<Act, Weight> &&
+                         NormWeightStaging(NormStageSite::kAddNorm) && stage_bytes <= 24 * 1024;
       return LaunchKernel(kernel, rows, kRowThreads, stage ? stage_bytes : 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
