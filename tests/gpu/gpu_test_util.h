@@ -109,6 +109,16 @@ inline void UploadInts(void** dev, const std::vector<int32_t>& v) {
   cudaMemcpy(*dev, v.data(), v.size() * 4, cudaMemcpyHostToDevice);
 }
 
+// The rotary inverse frequencies 1 / 10000^(2i / rot) of a rot-wide rotary, i < rot / 2, as a
+// device fp32 array (the kernels' inv_freq argument; cudaFree it); returns the host copy.
+inline std::vector<float> UploadInvFreq(void** dev, int rot) {
+  std::vector<float> inv(rot / 2);
+  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
+  cudaMalloc(dev, std::max<size_t>(inv.size(), 1) * 4);
+  cudaMemcpy(*dev, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+  return inv;
+}
+
 // Cheap deterministic uniform values in [lo, hi).
 class Rng {
  public:

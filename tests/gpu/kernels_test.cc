@@ -150,13 +150,10 @@ TEST_P(KernelTest, RotaryRotatesInterleavedPairsOfTheRotaryDimsAndWritesPagedKv)
     vc.Poison();
     std::vector<int32_t> pos = {0, 1, 17, 900, 3000};
     std::vector<int32_t> slots = {5 * bs + 0, 5 * bs + 1, 2 * bs + 1, 7 * bs + 4, -1};
-    std::vector<float> inv(rot / 2);
-    for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
     void *d_pos, *d_slots, *d_inv;
     testing::UploadInts(&d_pos, pos);
     testing::UploadInts(&d_slots, slots);
-    cudaMalloc(&d_inv, inv.size() * 4);
-    cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+    const std::vector<float> inv = testing::UploadInvFreq(&d_inv, rot);
     ASSERT_CUDA(cuda::LaunchRotaryKvWrite(tc.types, qkv.get(), bias.get(), kc.get(), vc.get(),
                                           static_cast<int32_t*>(d_pos), static_cast<int32_t*>(d_slots),
                                           static_cast<float*>(d_inv), T, H, Hkv, Dh, rot, nullptr));
@@ -670,11 +667,8 @@ TEST_P(KernelTest, GemvQkvRotaryMatchesGemvThenRotaryBitForBit) {
   for (const Shape& sh : {Shape{4, 2, 64, 32}, Shape{4, 2, 128, 64}}) {
     const int QKV = (sh.H + 2 * sh.Hkv) * sh.Dh;
     const int64_t cache_elems = int64_t{blocks} * bs * sh.Hkv * sh.Dh;
-    std::vector<float> inv(sh.rot / 2);
-    for (int i = 0; i < sh.rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(sh.rot));
     void* d_inv = nullptr;
-    cudaMalloc(&d_inv, inv.size() * 4);
-    cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+    testing::UploadInvFreq(&d_inv, sh.rot);
     for (int K : {4096 + 64, 8 * 193, 200}) {
       Rng rng(70 + K + sh.Dh);
       TypedBuffer w(tc.types.weight, int64_t{QKV} * K), bias(tc.types.weight, QKV);
@@ -780,10 +774,7 @@ TEST_P(KernelTest, GemvQkvRotaryNormPrologueMatchesAddRmsNormThenQkvBitForBit) {
   void *d_pos = nullptr, *d_slots = nullptr, *d_inv = nullptr;
   testing::UploadInts(&d_pos, pos);
   testing::UploadInts(&d_slots, slots);
-  std::vector<float> inv(rot / 2);
-  for (int i = 0; i < rot / 2; ++i) inv[i] = 1.0f / std::pow(10000.0f, float(2 * i) / float(rot));
-  cudaMalloc(&d_inv, inv.size() * 4);
-  cudaMemcpy(d_inv, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice);
+  testing::UploadInvFreq(&d_inv, rot);
   const int32_t* p = static_cast<int32_t*>(d_pos);
   const int32_t* sl = static_cast<int32_t*>(d_slots);
   const float* iv = static_cast<float*>(d_inv);

@@ -23,7 +23,6 @@
 #include <memory>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -400,8 +399,7 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
   sm_count_ = gpu.sm_count;
   {
     // Programmatic dependent launch (sm90+) for the own kernels; GLM_CUDA_PDL=0 turns it off.
-    const char* pdl_env = std::getenv("GLM_CUDA_PDL");
-    const bool pdl = gpu.compute_major >= 9 && !(pdl_env != nullptr && std::strcmp(pdl_env, "0") == 0);
+    const bool pdl = gpu.compute_major >= 9 && cuda::EnvSwitchOn("GLM_CUDA_PDL");
     cuda::SetProgrammaticLaunch(pdl);
     GLM_LOG(INFO) << "cuda backend: programmatic dependent launch "
                   << (pdl ? "on" : (gpu.compute_major >= 9 ? "off (GLM_CUDA_PDL=0)" : "off (needs sm90+)"));
@@ -625,8 +623,7 @@ absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
   // part in the same dummy steps: nothing to warm up here.
   if (comm_ != nullptr) return absl::OkStatus();
   // GLM_CUDA_WARMUP=0: a benchmark switch (A/B against first-use costs paid while serving).
-  const char* env = std::getenv("GLM_CUDA_WARMUP");
-  if (env != nullptr && std::strcmp(env, "0") == 0) {
+  if (!cuda::EnvSwitchOn("GLM_CUDA_WARMUP")) {
     GLM_LOG(INFO) << "cuda backend: warm-up skipped (GLM_CUDA_WARMUP=0)";
     return absl::OkStatus();
   }
@@ -1203,10 +1200,7 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
   if (AllPlainGreedy(rows)) return ForwardGreedy(batch, token_ids, finite);
   // GLM_CUDA_DEVICE_SAMPLING=0: a benchmark switch, every row sampled on the host from the
   // copied logits (Backend's default), for an A/B of the device sampler.
-  static const bool on_device = [] {
-    const char* env = std::getenv("GLM_CUDA_DEVICE_SAMPLING");
-    return env == nullptr || std::string_view(env) != "0";
-  }();
+  static const bool on_device = cuda::EnvSwitchOn("GLM_CUDA_DEVICE_SAMPLING");
   if (!on_device) return Backend::ForwardSample(batch, rows, token_ids, finite);
   RETURN_IF_ERROR(RunStep(batch, true));  // fp32 logits in logits_f32_
   const int V = config_.vocab_size;

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -89,10 +88,7 @@ int LtGemmTuner::MaxM() {
   return m;
 }
 
-bool LtGemmTuner::EnabledByEnv() {
-  const char* v = std::getenv("GLM_CUDA_LT_TUNE");
-  return v == nullptr || std::strcmp(v, "0") != 0;
-}
+bool LtGemmTuner::EnabledByEnv() { return cuda::EnvSwitchOn("GLM_CUDA_LT_TUNE"); }
 
 absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace, size_t workspace_bytes,
                                                                  bool share_choices) {

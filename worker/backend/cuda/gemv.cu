@@ -25,9 +25,6 @@
 //
 // PDL: the first round of weight loads is issued before GridDependencyWait() (weights never
 // depend on earlier kernels).
-#include <cstdlib>
-#include <cstring>
-
 #include "worker/backend/cuda/device_types.cuh"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -366,10 +363,7 @@ template <int M, GemvEpilogue E, bool kNorm>
 constexpr bool kGemvHasTight = M == 1 && E == GemvEpilogue::kStore && !kNorm;
 
 bool GemvTight() {
-  static const bool on = [] {
-    const char* env = std::getenv("GLM_CUDA_GEMV_TIGHT");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }();
+  static const bool on = EnvSwitchOn("GLM_CUDA_GEMV_TIGHT");
   return on;
 }
 

@@ -38,6 +38,11 @@ int PositiveEnvOr(const char* name, int fallback) {
   return v > 0 ? v : fallback;
 }
 
+bool EnvSwitchOn(const char* name) {
+  const char* env = std::getenv(name);
+  return env == nullptr || std::strcmp(env, "0") != 0;
+}
+
 bool NormWeightStaging(NormStageSite site) {
   static const int from_env = [] {  // 1 both sites, 0 neither, -1 the defaults
     const char* env = std::getenv("GLM_CUDA_NORM_STAGE");

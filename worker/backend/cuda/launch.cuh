@@ -36,6 +36,9 @@ int DeviceComputeMajor();
 // A positive integer from the environment, or `fallback`: the GLM_CUDA_* tuning switches that
 // benchmarks A/B (tools/glm-bench/device_run.sh ab-VAR=VALUE); unset in production.
 int PositiveEnvOr(const char* name, int fallback);
+// An on/off switch from the environment: on unless it is set to exactly "0" (the same kind of
+// benchmark switch: GLM_CUDA_PDL, GLM_CUDA_WARMUP, ...).
+bool EnvSwitchOn(const char* name);
 
 __device__ __forceinline__ void GridDependencyWait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
