@@ -25,6 +25,10 @@ if(NOT GLM_WITH_CUDA STREQUAL "OFF")
         set(CMAKE_CUDA_ARCHITECTURES "70;80;90")
       endif()
     endif()
+    # sm90 means sm90a: the decode GEMM (worker/backend/cuda/gemm_wgmma.cu) needs wgmma and TMA,
+    # which only the arch-specific ISA has; 90a code runs on sm90 GPUs (H100, H200), which is
+    # all an sm90 build is for. (A list with "90-real" / "90-virtual" is left as it is.)
+    list(TRANSFORM CMAKE_CUDA_ARCHITECTURES REPLACE "^90$" "90a")
     # One CUDA runtime per process: the libraries link CUDA::cudart (shared), so targets with .cu
     # sources must not add cudart_static on top (two runtimes in one process broke civetweb's
     # thread start in glm-worker: "Cannot create threads").

@@ -36,7 +36,7 @@ arch=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -
 t0=$(date +%s)
 cmake -S . -B build-dev -G Ninja -DGLM_WITH_GRPC=OFF -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="$arch" \
   -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-ninja -C build-dev -j16 -k 0 gpu_kernels_test gpu_gemm_lt_test gpu_backend_test gpu_tp_nccl_test glm-bench glm_nccl_communicator_tests \
+ninja -C build-dev -j16 -k 0 gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test glm-bench glm_nccl_communicator_tests \
   >>"$OUT/build.log" 2>&1 ||
   grep -E "error|FAILED" "$OUT/build.log" | head -20
 echo "build: $(( $(date +%s) - t0 )) s"
@@ -71,11 +71,11 @@ ncu_small_bench() {
 for what in "$@"; do
   case "$what" in
     tests)
-      for t in gpu_kernels_test gpu_gemm_lt_test gpu_backend_test gpu_tp_nccl_test; do
+      for t in gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test; do
         [ -x build-dev/tests/gpu/$t ] || { echo "$t not built"; continue; }
         timeout 300 build-dev/tests/gpu/$t >"$OUT/$t.log" 2>&1
         rc=$?
-        echo "$t: rc=$rc"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[.*\] .* steps|Failure|error" "$OUT/$t.log" | head -40
+        echo "$t: rc=$rc"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |^\[.*\] .* steps|Failure|error|^wgmma-gemm" "$OUT/$t.log" | head -40
         echo "$t: rc=$rc $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/$t.log" | tr '\n' ' ')" >>"$OUT/summary.txt"
       done ;;
     nccl)

@@ -23,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/str_format.h"
@@ -222,6 +223,8 @@ class CudaBackend : public Backend {
   // cuBLASLt GEMMs with the measured-best algorithm for M in (4, 512] (decode buckets, small
   // mixed steps); same stream and workspace as cublas_. Null with GLM_CUDA_LT_TUNE=0.
   std::unique_ptr<LtGemmTuner> lt_tuner_;
+  bool use_wgmma_ = false;  // the own decode GEMM (gemm_wgmma.cu), see Gemm
+  std::map<std::tuple<bool, int, int>, cuda::WgmmaPlan> wgmma_plans_;
 
   // Tensor parallelism (LoadOptions::comm set, worker/parallel/shard_plan.h's recipe): the
   // collectives run on stream_ (the NCCL communicator's). layout_ holds the local head, kv head,
@@ -499,6 +502,12 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
   if (LtGemmTuner::EnabledByEnv()) {
     ASSIGN_OR_RETURN(lt_tuner_, LtGemmTuner::Create(cublas_workspace_.get(), kCublasWorkspaceBytes));
   }
+  // The own decode GEMM (bf16, sm90): opt-in with GLM_CUDA_WGMMA=1 (docs/PERFORMANCE-cuda-notes.md,
+  // v17: not faster than cuBLASLt yet).
+  use_wgmma_ = types_.act == DType::kBF16 && types_.weight == DType::kBF16 && gpu.compute_major == 9 &&
+               cuda::PositiveEnvOr("GLM_CUDA_WGMMA", 0) == 1 && cuda::WgmmaGemmAvailable();
+  GLM_LOG(INFO) << "cuda backend: wgmma decode GEMM (M " << cuda::kWgmmaMinM << "-" << cuda::kWgmmaMaxM << ") "
+                << (use_wgmma_ ? "on" : "off");
   RETURN_IF_ERROR(scalars_.Allocate(64));
   const float host_scalars[4] = {1.f, 1.f, 0.f, 0.f};  // alpha, one, zero, amax bits
   CUDA_RETURN_IF_ERROR(cudaMemcpy(scalars_.get(), host_scalars, sizeof(host_scalars), cudaMemcpyHostToDevice));
@@ -817,6 +826,19 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
   if (cuda::GemvSupports(types_.weight, M, K)) {
     CUDA_RETURN_IF_ERROR(cuda::LaunchGemv(types_, input, w.get(), y, M, N, K, alpha_dev, stream_));
     return absl::OkStatus();
+  }
+  // Decode batches of 65-256 rows on an sm90 GPU: the own wgmma GEMM, whose grid fills the SMs
+  // where cuBLAS's 128 x 256 tiles do not (gemm_wgmma.cu). Plans are per (row-block kind, N, K).
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (use_wgmma_ && alpha_dev == nullptr && cuda::WgmmaGemmSupports(types_, M, N, K) && aligned(input) &&
+      aligned(w.get()) && aligned(y)) {
+    const auto key = std::make_tuple(M > 128, N, K);
+    auto it = wgmma_plans_.find(key);
+    if (it == wgmma_plans_.end()) it = wgmma_plans_.emplace(key, cuda::PlanWgmmaGemm(M, N, K)).first;
+    if (it->second.bn > 0) {
+      CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemm(input, w.get(), y, M, N, K, it->second, stream_));
+      return absl::OkStatus();
+    }
   }
   // Decode-sized M: cuBLASLt with the algorithm timed at the key's first eager call (graph
   // capture reuses it). kUnimplemented: cuBLASLt has no algorithm here, cublasGemmEx below.

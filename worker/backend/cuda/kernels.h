@@ -225,6 +225,28 @@ cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowAr
 cudaError_t LaunchArgmax(DType act, const void* logits, int rows, int V, float* logits_f32,
                          int32_t* tokens, int32_t* finite, cudaStream_t stream);
 
+// Own Hopper GEMM for decode batches (gemm_wgmma.cu; sm90a: TMA + wgmma, split-K over a
+// thread-block cluster): row-major y[M, N] = x[M, K] . w[N, K]^T, all bf16, fp32 accumulation,
+// for kWgmmaMinM <= M <= kWgmmaMaxM, N % 8 == 0, K % 8 == 0, K >= 128, x / w / y 16-byte aligned.
+constexpr int kWgmmaMinM = 65;
+constexpr int kWgmmaMaxM = 256;
+// Whether the current device runs it: an sm90 GPU, a binary with sm90a code, a driver with
+// cuTensorMapEncodeTiled (probed once; the first call synchronizes the device).
+bool WgmmaGemmAvailable();
+bool WgmmaGemmSupports(KernelTypes types, int M, int N, int K);
+// A grid shape: BN columns a block (104, 128, or 144 for M <= 128), K split over `splits` blocks of
+// a cluster, and `multicast` (1, 2 or 4) blocks of consecutive column tiles sharing each x slice
+// (one TMA multicast per 1 / multicast of the rows); splits * multicast <= 8.
+struct WgmmaPlan {
+  int bn = 0;
+  int splits = 1;
+  int multicast = 1;
+};
+WgmmaPlan PlanWgmmaGemm(int M, int N, int K);
+// cudaErrorInvalidValue for a shape or plan outside the above.
+cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,
+                            WgmmaPlan plan, cudaStream_t stream);
+
 // Converts n values between element types (weights upload, tests).
 cudaError_t LaunchConvert(DType from, const void* in, DType to, void* out, int64_t n,
                           cudaStream_t stream);

@@ -1,0 +1,609 @@
+// Own Hopper GEMM for decode-batch sizes: y[M, N] = x[M, K] . w[N, K]^T, bf16 in and out, fp32
+// accumulation, 65 <= M <= 256 (sm90a: TMA + wgmma).
+//
+// Why: at M = 256 every decode GEMM of GLM-4-9B sits at the H100's ridge point (weights read once
+// at the HBM rate take about as long as the tensor work), and cuBLAS's tiles of 128 x 256 leave
+// most of the 132 SMs idle on the N = 4,096-4,608 GEMMs (qkv, o_proj: 32-36 tiles) or run 1.6
+// waves on gate/up (214 tiles). Here one block covers all M rows (so each weight byte crosses
+// from L2 once) and BN of the N columns, and a cluster of S blocks splits K, reducing its fp32
+// partials through distributed shared memory: BN (104 / 128 / 144) and S are chosen per shape so
+// the grid fills the SMs in whole waves (qkv 32 x 4, o_proj and down 32 x 4, gate/up 264 x 1).
+//
+// (168 registers a thread: nine warps, three of them on one SM sub-partition of 16,384.)
+// A block is 288 threads: warps 0-7 are two consumer warpgroups (64 * MW rows each, MW = 1 for
+// M <= 128, 2 above), warp 8 the producer. The producer's one thread streams 64-wide K slices of
+// x and w through a ring of shared-memory stages with TMA (128-byte swizzle, rows past M and K
+// zero-filled); the weights of the first stages are requested before the PDL wait (they never
+// come from an earlier kernel). Consumers run wgmma (both operands from shared memory, K-major)
+// one K slice behind the copies, keep one wgmma group in flight and free a stage when its group
+// has completed. After the K loop each block writes its partial tile to shared memory, the
+// cluster synchronizes, and block r of the cluster sums rows [r R / S, (r + 1) R / S) (R = M) of
+// all S partials in a fixed order (deterministic) and stores them as bf16.
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "worker/backend/cuda/cp_async.cuh"
+#include "worker/backend/cuda/device_types.cuh"
+#include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
+
+namespace glm {
+namespace cuda {
+namespace {
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define GLM_WGMMA_ARCH 1
+#endif
+
+constexpr int kBK = 64;               // K elements a stage (128 bytes: one swizzle row)
+constexpr int kConsumerThreads = 256;  // two warpgroups
+constexpr int kThreads = kConsumerThreads + 32;
+constexpr size_t kSmemBudget = 220 * 1024;  // of the 227 KB a block may have
+
+template <int MW, int BN>
+struct WgCfg {
+  static constexpr int kBM = 128 * MW;
+  static constexpr int kABytes = kBM * kBK * 2;
+  static constexpr int kBBytes = BN * kBK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;  // multiple of 1024 (swizzle atoms)
+  static constexpr int kStages = std::min<int>(8, (kSmemBudget - 1024) / kStageBytes);
+  static constexpr int kRedStride = BN + 8;  // floats; padded against bank conflicts
+  static constexpr size_t kRedBytes = size_t{kBM} * kRedStride * 4;
+  static constexpr size_t kDataBytes =
+      kRedBytes > size_t{kStages} * kStageBytes ? kRedBytes : size_t{kStages} * kStageBytes;
+  // 1,024 bytes of slack to align the ring, then the full / empty barriers.
+  static constexpr size_t kSmemBytes = 1024 + kDataBytes + 2 * kStages * 8;
+  static_assert(kStageBytes % 1024 == 0 && kABytes % 1024 == 0, "stages must stay 1024-aligned");
+  static_assert(kStages >= 3, "too few stages");
+};
+
+#if defined(GLM_WGMMA_ARCH)
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ bool MbarTryWait(uint32_t bar, uint32_t parity) {
+  uint32_t done;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  while (!MbarTryWait(bar, parity)) {
+  }
+}
+__device__ __forceinline__ void MbarArrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarExpectTx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// A [box rows, 64] tile at (row, k) of a 2-D tensor map into shared memory, completing on bar.
+__device__ __forceinline__ void TmaLoad2d(uint32_t dst, const CUtensorMap* map, int k, int row,
+                                          uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(bar)
+      : "memory");
+}
+// The same tile into the shared memory (same offset, same barrier offset) of every block of the
+// cluster in cta_mask.
+__device__ __forceinline__ void TmaLoad2dMulticast(uint32_t dst, const CUtensorMap* map, int k, int row,
+                                                   uint32_t bar, uint16_t cta_mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+      "[%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(k), "r"(row), "r"(bar), "h"(cta_mask)
+      : "memory");
+}
+// Arrive on the barrier at the same offset in block `rank` of the cluster (release at CTA scope,
+// the default: what it orders is this block's wgmma reads, already complete).
+__device__ __forceinline__ void MbarArriveCluster(uint32_t bar, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(rank));
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                   : "memory");
+}
+__device__ __forceinline__ float4 LoadSharedCluster(uint32_t addr, uint32_t rank) {
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+  float4 v;
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+}
+
+// Shared-memory matrix descriptor of a K-major tile with 128-byte swizzle: rows of 128 bytes,
+// 8-row groups 1,024 bytes apart; a K step of 16 elements adds 32 bytes to the start address.
+__device__ __forceinline__ uint64_t SmemDesc(uint32_t addr) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (uint64_t{1} << 16) |
+         (uint64_t{1024 >> 4} << 32) | (uint64_t{1} << 62);
+}
+__device__ __forceinline__ void WgmmaFence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void WgmmaCommit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void WgmmaWait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+// wgmma.mma_async m64nNk16, D (fp32) += A (smem) . B (smem)^T, both bf16 and K-major.
+__device__ __forceinline__ void WgmmaM64N104(float (&d)[52], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %54, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n104k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51"
+      "}, %52, %53, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void WgmmaM64N128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+__device__ __forceinline__ void WgmmaM64N144(float (&d)[72], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %74, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n144k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71"
+      "}, %72, %73, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])
+      : "l"(desc_a), "l"(desc_b), "r"(1));
+}
+
+
+template <int BN>
+__device__ __forceinline__ void Wgmma(float (&d)[BN / 2], uint64_t da, uint64_t db) {
+  if constexpr (BN == 104) {
+    WgmmaM64N104(d, da, db);
+  } else if constexpr (BN == 128) {
+    WgmmaM64N128(d, da, db);
+  } else {
+    static_assert(BN == 144, "BN is 104, 128 or 144");
+    WgmmaM64N144(d, da, db);
+  }
+}
+#endif  // GLM_WGMMA_ARCH
+
+template <int MW, int BN>
+__global__ void __maxnreg__(168)
+    WgmmaGemmKernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
+                    Bf16* __restrict__ y, int M, int N, int k_blocks) {
+#if defined(GLM_WGMMA_ARCH)
+  using C = WgCfg<MW, BN>;
+  extern __shared__ uint8_t smem_raw[];
+  const uint32_t raw = SmemAddr(smem_raw);
+  const uint32_t base = (raw + 1023) & ~1023u;
+  uint8_t* data = smem_raw + (base - raw);
+  const uint32_t full = base + static_cast<uint32_t>(C::kDataBytes);
+  const uint32_t empty = full + C::kStages * 8;
+  // Cluster (S, G, 1): rank = split + S * g. The S blocks of one N tile split K; the G blocks of
+  // one split (G consecutive N tiles) share x: each loads 1 / G of its rows into all G.
+  const int S = gridDim.x, split = blockIdx.x;
+  uint32_t G;
+  asm("mov.u32 %0, %%cluster_nctaid.y;\n" : "=r"(G));
+  const int g = blockIdx.y % G;
+  const int kb0 = split * k_blocks / S, nk = (split + 1) * k_blocks / S - kb0;
+  const int n0 = blockIdx.y * BN;
+  const int warp = threadIdx.x / 32;
+  const bool clustered = S * G > 1;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < C::kStages; ++s) {
+      MbarInit(full + 8 * s, 1);
+      MbarInit(empty + 8 * s, 8 * G);  // every consumer warp of the G blocks
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  if (clustered) {
+    ClusterSync();  // the barriers of every block exist before any copy lands in it
+  } else {
+    __syncthreads();
+  }
+
+  float acc[MW][BN / 2];
+  if (warp == 8) {
+    if (threadIdx.x == kConsumerThreads) {
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_w)) : "memory");
+      asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
+      const int first = nk < C::kStages ? nk : C::kStages;
+      for (int i = 0; i < first; ++i) {  // weights: never written by an earlier kernel
+        const uint32_t stage = base + i * C::kStageBytes;
+        MbarExpectTx(full + 8 * i, C::kStageBytes);
+        TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, full + 8 * i);
+      }
+      GridDependencyWait();
+      const int slice_rows = C::kBM / G;
+      uint16_t mask = 0;
+      for (uint32_t j = 0; j < G; ++j) mask |= static_cast<uint16_t>(1u << (split + S * j));
+      for (int i = 0; i < nk; ++i) {
+        const int s = i % C::kStages;
+        const uint32_t stage = base + s * C::kStageBytes;
+        if (i >= C::kStages) {
+          MbarWait(empty + 8 * s, ((i / C::kStages) - 1) & 1);
+          MbarExpectTx(full + 8 * s, C::kStageBytes);
+          TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, full + 8 * s);
+        }
+        if (G == 1) {
+          TmaLoad2d(stage, &map_x, (kb0 + i) * kBK, 0, full + 8 * s);
+        } else {
+          TmaLoad2dMulticast(stage + g * slice_rows * 128, &map_x, (kb0 + i) * kBK, g * slice_rows,
+                             full + 8 * s, mask);
+        }
+      }
+    } else {
+      GridDependencyWait();
+    }
+  } else {
+    GridDependencyWait();
+    const int wg = warp / 4;  // rows [wg * 64 * MW, (wg + 1) * 64 * MW)
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int m = 0; m < MW; ++m) {
+#pragma unroll
+      for (int j = 0; j < BN / 2; ++j) acc[m][j] = 0.f;
+    }
+    for (int i = 0; i < nk; ++i) {
+      const int s = i % C::kStages;
+      const uint32_t stage = base + s * C::kStageBytes;
+      MbarWait(full + 8 * s, (i / C::kStages) & 1);
+      WgmmaFence();
+#pragma unroll
+      for (int k = 0; k < kBK / 16; ++k) {
+        const uint64_t db = SmemDesc(stage + C::kABytes + 32 * k);
+#pragma unroll
+        for (int m = 0; m < MW; ++m) {
+          Wgmma<BN>(acc[m], SmemDesc(stage + (wg * MW + m) * 64 * 128 + 32 * k), db);
+        }
+      }
+      WgmmaCommit();
+      WgmmaWait<1>();  // the previous slice's group is done: its stage may be refilled
+      // Lane j of every consumer warp frees the stage in block j of the multicast group.
+      if (i > 0 && lane < static_cast<int>(G)) {
+        const uint32_t bar = empty + 8 * ((i - 1) % C::kStages);
+        if (G == 1) {
+          MbarArrive(bar);
+        } else {
+          MbarArriveCluster(bar, split + S * lane);
+        }
+      }
+    }
+    WgmmaWait<0>();
+  }
+  LaunchDependents();
+  __syncthreads();  // every wgmma has read its stages: the ring becomes the partial tile
+
+  float* red = reinterpret_cast<float*>(data);
+  if (warp < 8) {
+    const int wg = warp / 4, lane = threadIdx.x % 32;
+#pragma unroll
+    for (int m = 0; m < MW; ++m) {
+      const int row = (wg * MW + m) * 64 + (warp % 4) * 16 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int col = 8 * j + 2 * (lane % 4);
+        *reinterpret_cast<float2*>(red + row * C::kRedStride + col) =
+            make_float2(acc[m][4 * j], acc[m][4 * j + 1]);
+        *reinterpret_cast<float2*>(red + (row + 8) * C::kRedStride + col) =
+            make_float2(acc[m][4 * j + 2], acc[m][4 * j + 3]);
+      }
+    }
+  }
+  if (clustered) {
+    ClusterSync();
+  } else {
+    __syncthreads();
+  }
+  const int r0 = split * M / S, r1 = (split + 1) * M / S;
+  constexpr int kVec = BN / 4;
+  for (int idx = threadIdx.x; idx < (r1 - r0) * kVec; idx += kThreads) {
+    const int row = r0 + idx / kVec, c = 4 * (idx % kVec);
+    if (n0 + c >= N) continue;
+    const uint32_t addr = SmemAddr(red + row * C::kRedStride + c);
+    float4 sum = LoadSharedCluster(addr, S * g);
+    for (int r = 1; r < S; ++r) {
+      const float4 v = LoadSharedCluster(addr, r + S * g);
+      sum.x += v.x;
+      sum.y += v.y;
+      sum.z += v.z;
+      sum.w += v.w;
+    }
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(sum.x, sum.y);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(sum.z, sum.w);
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(y + static_cast<int64_t>(row) * N + n0 + c) = packed;
+  }
+  if (clustered) ClusterSync();  // no block leaves while another still reads its shared memory
+#endif  // GLM_WGMMA_ARCH
+}
+
+// 1 when this binary's code for the current device has the sm90a kernels (probe kernel of the
+// same translation unit, so the same fatbinary image is picked).
+__global__ void WgmmaProbeKernel(int* out) {
+#if defined(GLM_WGMMA_ARCH)
+  *out = 1;
+#else
+  *out = 0;
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 EncodeFn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      (void)cudaGetLastError();
+      p = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Tensor maps are pure descriptors of (address, shape, box): cached, so eager steps do not encode
+// the same weight's map again (graph replays carry theirs in the kernel parameters).
+bool TensorMap(const void* ptr, int rows, int K, int box_rows, CUtensorMap* out) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, int>, CUtensorMap> cache;
+  const auto key = std::make_tuple(ptr, rows, K, box_rows);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(key);
+  if (it != cache.end()) {
+    *out = it->second;
+    return true;
+  }
+  PFN_cuTensorMapEncodeTiled_v12000 encode = EncodeFn();
+  if (encode == nullptr) return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(K), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(K) * 2};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(kBK), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  CUtensorMap map;
+  if (encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(ptr), dims, strides, box,
+             elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return false;
+  }
+  if (cache.size() >= 4096) cache.clear();
+  cache.emplace(key, map);
+  *out = map;
+  return true;
+}
+
+using KernelFn = void (*)(CUtensorMap, CUtensorMap, Bf16*, int, int, int);
+
+template <int MW, int BN>
+KernelFn Kernel() {
+  return &WgmmaGemmKernel<MW, BN>;
+}
+template <int MW, int BN>
+size_t SmemBytes() {
+  return WgCfg<MW, BN>::kSmemBytes;
+}
+
+// MW = 2 with BN = 144 does not fit: 144 accumulators a thread need more than the 168 registers
+// nine warps may have (an SM sub-partition holds 3 of them in 16,384 registers).
+struct Variant {
+  int bn;
+  KernelFn mw1, mw2;
+  size_t smem1, smem2;
+};
+const Variant kVariants[] = {
+    {144, Kernel<1, 144>(), nullptr, SmemBytes<1, 144>(), 0},
+    {128, Kernel<1, 128>(), Kernel<2, 128>(), SmemBytes<1, 128>(), SmemBytes<2, 128>()},
+    {104, Kernel<1, 104>(), Kernel<2, 104>(), SmemBytes<1, 104>(), SmemBytes<2, 104>()},
+};
+constexpr int kMaxClusterBlocks = 8;  // portable cluster size
+
+const Variant* FindVariant(int bn) {
+  for (const Variant& v : kVariants) {
+    if (v.bn == bn) return &v;
+  }
+  return nullptr;
+}
+
+// Clusters of splits x multicast blocks of the kernel that can be resident at once (0 if none /
+// error); also raises the kernel's dynamic shared-memory limit. Cached.
+int MaxClusters(KernelFn fn, size_t smem, int splits, int multicast) {
+  static std::mutex mu;
+  static std::map<std::tuple<KernelFn, int, int>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(fn, splits, multicast);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int clusters = 0;
+  if (fn != nullptr && cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)) == cudaSuccess) {
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(splits, multicast, 1);
+    config.blockDim = dim3(kThreads, 1, 1);
+    config.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = splits;
+    attr[0].val.clusterDim.y = multicast;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, fn, &config) != cudaSuccess) clusters = 0;
+  }
+  (void)cudaGetLastError();
+  cache.emplace(key, clusters);
+  return clusters;
+}
+
+// DRAM bytes a second (the bus's peak), 0 when unknown.
+double DramBytesPerSecond() {
+  static const double rate = [] {
+    int dev = 0, khz = 0, bits = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0.0;
+    }
+    return 2.0 * khz * 1e3 * bits / 8;
+  }();
+  return rate;
+}
+
+}  // namespace
+
+bool WgmmaGemmAvailable() {
+  static const bool available = [] {
+    if (DeviceComputeMajor() != 9 || EncodeFn() == nullptr) return false;
+    int* flag = nullptr;
+    if (cudaMalloc(&flag, sizeof(int)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    int host = 0;
+    WgmmaProbeKernel<<<1, 1>>>(flag);
+    const bool ok = cudaGetLastError() == cudaSuccess &&
+                    cudaMemcpy(&host, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+    cudaFree(flag);
+    (void)cudaGetLastError();
+    return ok && host == 1;
+  }();
+  return available;
+}
+
+bool WgmmaGemmSupports(KernelTypes types, int M, int N, int K) {
+  return types.act == DType::kBF16 && types.weight == DType::kBF16 && M >= kWgmmaMinM &&
+         M <= kWgmmaMaxM && N > 0 && N % 8 == 0 && K >= 2 * kBK && K % 8 == 0 && WgmmaGemmAvailable();
+}
+
+// The plan with the least modelled time: the largest of the tensor work of the busiest SM, the
+// L2 -> SM traffic (x re-read once per multicast group and split, w once) and the DRAM stream,
+// plus the epilogue. Rates are an H100's (tensor 3.6e12 MAC/s an SM; L2 -> SM 6.5 TB/s,
+// measured by this kernel without multicast; DRAM 85% of the bus peak).
+WgmmaPlan PlanWgmmaGemm(int M, int N, int K) {
+  WgmmaPlan best;
+  const int mw = M > 128 ? 2 : 1;
+  const double bm = 128.0 * mw;
+  const int k_blocks = (K + kBK - 1) / kBK;
+  const double dram = 0.85 * (DramBytesPerSecond() > 0 ? DramBytesPerSecond() : 3.35e12);
+  double best_us = 0;
+  for (const Variant& v : kVariants) {
+    const int tiles = (N + v.bn - 1) / v.bn;
+    for (int g : {1, 2, 4}) {
+      if (g > tiles) break;
+      for (int s = 1; s * g <= kMaxClusterBlocks && k_blocks / s >= 2; ++s) {
+        const int clusters = MaxClusters(mw == 1 ? v.mw1 : v.mw2, mw == 1 ? v.smem1 : v.smem2, s, g);
+        if (clusters <= 0) continue;
+        const int groups = (tiles + g - 1) / g;
+        const double waves = (groups + clusters - 1) / clusters;
+        const double kbs = (k_blocks + s - 1) / s;
+        const double tensor_us = waves * bm * v.bn * kbs * kBK / 3.6e12 * 1e6;
+        const double l2_us = double(groups) * g * s * kbs * (bm * 128 / g + v.bn * 128.0) / 6.5e12 * 1e6;
+        const double dram_us = (double(N) * K + double(M) * K) * 2 / dram * 1e6;
+        const double epilogue_us = 0.5 + (s > 1 ? bm * v.bn * 4 / 150e9 * 1e6 : 0.0);
+        const double us = std::max({tensor_us, l2_us, dram_us}) + epilogue_us;
+        if (best.bn == 0 || us < best_us) {
+          best = {v.bn, s, g};
+          best_us = us;
+        }
+      }
+    }
+  }
+  return best;
+}
+
+cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,
+                            WgmmaPlan plan, cudaStream_t stream) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const Variant* v = FindVariant(plan.bn);
+  const int g = plan.multicast;
+  if (M < kWgmmaMinM || M > kWgmmaMaxM || N <= 0 || N % 8 != 0 || K % 8 != 0 || K < 2 * kBK ||
+      plan.splits < 1 || (g != 1 && g != 2 && g != 4) || plan.splits * g > kMaxClusterBlocks ||
+      !aligned(x) || !aligned(w) || !aligned(y) || v == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  const int mw = M > 128 ? 2 : 1;
+  const KernelFn fn = mw == 1 ? v->mw1 : v->mw2;
+  const size_t smem = mw == 1 ? v->smem1 : v->smem2;
+  if (fn == nullptr) return cudaErrorInvalidValue;
+  if (MaxClusters(fn, smem, plan.splits, g) <= 0) return cudaErrorInvalidConfiguration;
+  CUtensorMap map_x, map_w;
+  if (!TensorMap(x, M, K, 128 * mw / g, &map_x) || !TensorMap(w, N, K, plan.bn, &map_w)) {
+    return cudaErrorInvalidValue;
+  }
+  const int tiles = (N + plan.bn - 1) / plan.bn;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(plan.splits, (tiles + g - 1) / g * g, 1);  // blocks past N load x for the group
+  config.blockDim = dim3(kThreads, 1, 1);
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[2];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = plan.splits;
+  attr[0].val.clusterDim.y = g;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[1].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = ProgrammaticLaunchEnabled() ? 2 : 1;
+  const int k_blocks = (K + kBK - 1) / kBK;
+  return cudaLaunchKernelEx(&config, fn, map_x, map_w, static_cast<Bf16*>(y), M, N, k_blocks);
+}
+
+}  // namespace cuda
+}  // namespace glm
