@@ -505,6 +505,11 @@ double DramBytesPerSecond() {
   return rate;
 }
 
+// The shapes kernels.h promises (TMA needs 16-byte row strides; the epilogue stores 4 columns).
+bool ShapeSupported(int M, int N, int K) {
+  return M >= kWgmmaMinM && M <= kWgmmaMaxM && N > 0 && N % 8 == 0 && K >= 2 * kBK && K % 8 == 0;
+}
+
 }  // namespace
 
 bool WgmmaGemmAvailable() {
@@ -527,8 +532,8 @@ bool WgmmaGemmAvailable() {
 }
 
 bool WgmmaGemmSupports(KernelTypes types, int M, int N, int K) {
-  return types.act == DType::kBF16 && types.weight == DType::kBF16 && M >= kWgmmaMinM &&
-         M <= kWgmmaMaxM && N > 0 && N % 8 == 0 && K >= 2 * kBK && K % 8 == 0 && WgmmaGemmAvailable();
+  return types.act == DType::kBF16 && types.weight == DType::kBF16 && ShapeSupported(M, N, K) &&
+         WgmmaGemmAvailable();
 }
 
 // The plan with the least modelled time: the largest of the tensor work of the busiest SM, the
@@ -572,9 +577,8 @@ cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N,
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const Variant* v = FindVariant(plan.bn);
   const int g = plan.multicast;
-  if (M < kWgmmaMinM || M > kWgmmaMaxM || N <= 0 || N % 8 != 0 || K % 8 != 0 || K < 2 * kBK ||
-      plan.splits < 1 || (g != 1 && g != 2 && g != 4) || plan.splits * g > kMaxClusterBlocks ||
-      !aligned(x) || !aligned(w) || !aligned(y) || v == nullptr) {
+  if (!ShapeSupported(M, N, K) || plan.splits < 1 || (g != 1 && g != 2 && g != 4) ||
+      plan.splits * g > kMaxClusterBlocks || !aligned(x) || !aligned(w) || !aligned(y) || v == nullptr) {
     return cudaErrorInvalidValue;
   }
   const int mw = M > 128 ? 2 : 1;
