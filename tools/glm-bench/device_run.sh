@@ -8,8 +8,9 @@
 #     the phase profile) [ncu-bs1] (Nsight Compute metrics of the bs1 decode GEMV and attention)
 #     [ncu-256] (the same for the 256-wide decode attention) [ncu-elementwise] (and for the
 #     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
-#     the offline run's 8,192-token steps) [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline
-#     throughput with glm-bench sampling flags, e.g. sample-temperature=1,top_k=50)
+#     the offline run's 8,192-token steps) [wgmma] (the own sm90a GEMM: its tests, timing
+#     sweep and Nsight Compute) [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline throughput with
+#     glm-bench sampling flags, e.g. sample-temperature=1,top_k=50)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -154,6 +155,22 @@ for what in "$@"; do
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"
       grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
+    wgmma)
+      # The own sm90a decode GEMM: its timing sweep against cuBLAS, then Nsight Compute on the
+      # M = 256 gate/up GEMM with x multicast over 1 and 2 column tiles (plan BN 104, S 1).
+      timeout 200 build-dev/tests/gpu/gpu_gemm_wgmma_test 2>&1 |
+        tee "$OUT/wgmma_time.txt" | grep -E "^wgmma-gemm|^\[ +(OK|FAILED|PASSED)|Failure"
+      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      for g in ${WGMMA_NCU_G:-1 2}; do
+        GLM_WGMMA_PROFILE=${WGMMA_NCU_SHAPE:-256,27392,4096,104,1},$g timeout 120 "$ncu" --clock-control none \
+          --kernel-name regex:WgmmaGemmKernel --launch-skip 1 --launch-count 1 \
+          --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+          --section SchedulerStats --section LaunchStats --section Occupancy \
+          --metrics "lts__t_bytes.sum,smsp__inst_executed.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+          build-dev/tests/gpu/gpu_gemm_wgmma_test --gtest_filter='*ProfilePlan*' >"$OUT/ncu_wgmma_g$g.txt" 2>&1
+        echo "ncu wgmma G=$g: rc=$?"
+        grep -E "$ncu_lines|lts__t_bytes|inst_executed.sum|Cluster|$ncu_stalls" "$OUT/ncu_wgmma_g$g.txt" | head -60
+      done ;;
     hf|hf-sdpa)
       # Every bf16 figure, then transformers on the same checkpoint and workload (bs1, TTFT, the
       # 256 offline requests through model.generate): the ratios. hf-sdpa: its SDPA attention.

@@ -19,8 +19,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -224,7 +226,10 @@ class CudaBackend : public Backend {
   // mixed steps); same stream and workspace as cublas_. Null with GLM_CUDA_LT_TUNE=0.
   std::unique_ptr<LtGemmTuner> lt_tuner_;
   bool use_wgmma_ = false;  // the own decode GEMM (gemm_wgmma.cu), see Gemm
+  // Per (M > 128, N, K): the own GEMM's plan when it timed faster than cuBLASLt's choice, else
+  // bn = 0 (cuBLASLt). Settled at the key's first eager call (WgmmaChoice).
   std::map<std::tuple<bool, int, int>, cuda::WgmmaPlan> wgmma_plans_;
+  absl::StatusOr<cuda::WgmmaPlan> WgmmaChoice(const void* x, const void* w, void* y, int M, int N, int K);
 
   // Tensor parallelism (LoadOptions::comm set, worker/parallel/shard_plan.h's recipe): the
   // collectives run on stream_ (the NCCL communicator's). layout_ holds the local head, kv head,
@@ -503,7 +508,7 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
     ASSIGN_OR_RETURN(lt_tuner_, LtGemmTuner::Create(cublas_workspace_.get(), kCublasWorkspaceBytes));
   }
   // The own decode GEMM (bf16, sm90): opt-in with GLM_CUDA_WGMMA=1 (docs/PERFORMANCE-cuda-notes.md,
-  // v17: not faster than cuBLASLt yet).
+  // v17-v18), per shape where it times faster than cuBLASLt.
   use_wgmma_ = types_.act == DType::kBF16 && types_.weight == DType::kBF16 && gpu.compute_major == 9 &&
                cuda::PositiveEnvOr("GLM_CUDA_WGMMA", 0) == 1 && cuda::WgmmaGemmAvailable();
   GLM_LOG(INFO) << "cuda backend: wgmma decode GEMM (M " << cuda::kWgmmaMinM << "-" << cuda::kWgmmaMaxM << ") "
@@ -827,16 +832,14 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
     CUDA_RETURN_IF_ERROR(cuda::LaunchGemv(types_, input, w.get(), y, M, N, K, alpha_dev, stream_));
     return absl::OkStatus();
   }
-  // Decode batches of 65-256 rows on an sm90 GPU: the own wgmma GEMM, whose grid fills the SMs
-  // where cuBLAS's 128 x 256 tiles do not (gemm_wgmma.cu). Plans are per (row-block kind, N, K).
+  // Decode batches of 65-256 rows on an sm90 GPU (GLM_CUDA_WGMMA=1): the own wgmma GEMM where it
+  // timed faster than cuBLASLt for the shape (gemm_wgmma.cu).
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (use_wgmma_ && alpha_dev == nullptr && cuda::WgmmaGemmSupports(types_, M, N, K) && aligned(input) &&
       aligned(w.get()) && aligned(y)) {
-    const auto key = std::make_tuple(M > 128, N, K);
-    auto it = wgmma_plans_.find(key);
-    if (it == wgmma_plans_.end()) it = wgmma_plans_.emplace(key, cuda::PlanWgmmaGemm(M, N, K)).first;
-    if (it->second.bn > 0) {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemm(input, w.get(), y, M, N, K, it->second, stream_));
+    ASSIGN_OR_RETURN(const cuda::WgmmaPlan plan, WgmmaChoice(input, w.get(), y, M, N, K));
+    if (plan.bn > 0) {
+      CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemm(input, w.get(), y, M, N, K, plan, stream_));
       return absl::OkStatus();
     }
   }
@@ -857,6 +860,73 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
   if (alpha_dev != nullptr) CUBLAS_RETURN_IF_ERROR(cublasSetPointerMode(cublas_, CUBLAS_POINTER_MODE_HOST));
   CUBLAS_RETURN_IF_ERROR(st);
   return absl::OkStatus();
+}
+
+// The own GEMM's plans (the cost model's first kWgmmaTimedPlans) against cuBLASLt's timed
+// choice for the same shape, each timed as the tuner times its candidates (L2 flushed, median);
+// the winner holds for every M of the key's row-block kind. Without the tuner: the model's
+// plan, untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next
+// eager call). Choices are shared process-wide, so two backends in one process agree.
+absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const void* w, void* y, int M, int N,
+                                                         int K) {
+  constexpr int kWgmmaTimedPlans = 8;
+  const auto key = std::make_tuple(M > 128, N, K);
+  auto it = wgmma_plans_.find(key);
+  if (it != wgmma_plans_.end()) return it->second;
+  static std::mutex shared_mu;
+  static std::map<std::tuple<int, bool, int, int>, cuda::WgmmaPlan> shared;
+  const auto shared_key = std::make_tuple(device_, M > 128, N, K);
+  {
+    std::lock_guard<std::mutex> lock(shared_mu);
+    auto sf = shared.find(shared_key);
+    if (sf != shared.end()) return wgmma_plans_.emplace(key, sf->second).first->second;
+  }
+  cuda::WgmmaPlan chosen;
+  if (lt_tuner_ == nullptr) {
+    chosen = cuda::PlanWgmmaGemm(M, N, K);
+  } else {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream_, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return cuda::WgmmaPlan{};
+    auto lt = [&]() -> cudaError_t {
+      return lt_tuner_->Run(stream_, types_, x, w, y, M, N, K, nullptr).ok() ? cudaSuccess : cudaErrorUnknown;
+    };
+    const absl::Status lt_status = lt_tuner_->Run(stream_, types_, x, w, y, M, N, K, nullptr);  // tunes
+    if (!lt_status.ok() && lt_status.code() != absl::StatusCode::kUnimplemented) return lt_status;
+    float best_us = std::numeric_limits<float>::infinity();
+    float lt_us = best_us;
+    if (lt_status.ok()) {
+      ASSIGN_OR_RETURN(lt_us, lt_tuner_->TimeUs(stream_, lt));
+      best_us = lt_us;
+    }
+    const std::vector<cuda::WgmmaPlan> plans = cuda::WgmmaCandidatePlans(M, N, K);
+    std::string tried;
+    for (size_t i = 0; i < plans.size() && i < kWgmmaTimedPlans; ++i) {
+      const cuda::WgmmaPlan p = plans[i];
+      const absl::StatusOr<float> us = lt_tuner_->TimeUs(stream_, [&] {
+        return cuda::LaunchWgmmaGemm(x, w, y, M, N, K, p, stream_);
+      });
+      if (!us.ok()) {  // a refused launch: skipped (a fault would surface in the sync below)
+        (void)cudaGetLastError();
+        CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+        absl::StrAppendFormat(&tried, " %dx%dx%d refused", p.bn, p.splits, p.multicast);
+        continue;
+      }
+      absl::StrAppendFormat(&tried, " %dx%dx%d %.1f", p.bn, p.splits, p.multicast, *us);
+      if (*us < best_us) {
+        best_us = *us;
+        chosen = p;
+      }
+    }
+    GLM_LOG(INFO) << absl::StrFormat("wgmma GEMM M %s N %d K %d: cuBLASLt %.1f us, own (bn x splits x multicast, us)%s: %s",
+                                     M > 128 ? "129-256" : "65-128", N, K, lt_us, tried,
+                                     chosen.bn > 0 ? absl::StrFormat("own %dx%dx%d", chosen.bn, chosen.splits,
+                                                                     chosen.multicast)
+                                                   : std::string("cuBLASLt"));
+  }
+  std::lock_guard<std::mutex> lock(shared_mu);
+  chosen = shared.emplace(shared_key, chosen).first->second;  // a concurrent backend's choice wins
+  return wgmma_plans_.emplace(key, chosen).first->second;
 }
 
 absl::Status CudaBackend::Phase(const char* name, const std::function<absl::Status()>& fn) {

@@ -275,6 +275,24 @@ absl::Status LtGemmTuner::Run(cudaStream_t stream, cuda::KernelTypes types, cons
   return absl::OkStatus();
 }
 
+absl::StatusOr<float> LtGemmTuner::TimeUs(cudaStream_t stream, const std::function<cudaError_t()>& launch) {
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  CUDA_RETURN_IF_ERROR(launch());
+  float runs[kTimedRuns];
+  for (int k = 0; k < kTimedRuns; ++k) {
+    if (flush_ != nullptr) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flush_, k & 0xff, flush_bytes_, stream));
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k], stream));
+    CUDA_RETURN_IF_ERROR(launch());
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k + 1], stream));
+  }
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[2 * kTimedRuns - 1]));
+  for (int k = 0; k < kTimedRuns; ++k) {
+    CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&runs[k], events_[2 * k], events_[2 * k + 1]));
+  }
+  std::sort(runs, runs + kTimedRuns);
+  return runs[kTimedRuns / 2] * 1e3f;
+}
+
 absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& class_key, Entry* e,
                                const void* x, const void* w, void* y, const void* alpha,
                                const void* beta) {

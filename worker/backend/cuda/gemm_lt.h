@@ -30,6 +30,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <tuple>
@@ -81,6 +82,11 @@ class LtGemmTuner {
   // cublasGemmEx; remembered, so later calls answer at once); Internal for CUDA / cuBLAS failures.
   absl::Status Run(cudaStream_t stream, cuda::KernelTypes types, const void* x, const void* w,
                    void* y, int M, int N, int K, const float* alpha_dev);
+
+  // Median time in microseconds of `launch` (one kernel sequence on `stream`) the way candidates
+  // are timed: one untimed warm-up, then kTimedRuns runs each after an L2 flush. Synchronizes the
+  // stream; not while capturing. For the backend's own kernels against Run's choice.
+  absl::StatusOr<float> TimeUs(cudaStream_t stream, const std::function<cudaError_t()>& launch);
 
   // Class keys with a timed algorithm in this tuner (timed here or taken from the process-wide
   // table).

@@ -28,6 +28,8 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "worker/backend/cuda/cp_async.cuh"
 #include "worker/backend/cuda/device_types.cuh"
@@ -536,17 +538,16 @@ bool WgmmaGemmSupports(KernelTypes types, int M, int N, int K) {
          WgmmaGemmAvailable();
 }
 
-// The plan with the least modelled time: the largest of the tensor work of the busiest SM, the
-// L2 -> SM traffic (x re-read once per multicast group and split, w once) and the DRAM stream,
-// plus the epilogue. Rates are an H100's (tensor 3.6e12 MAC/s an SM; L2 -> SM 6.5 TB/s,
-// measured by this kernel without multicast; DRAM 85% of the bus peak).
-WgmmaPlan PlanWgmmaGemm(int M, int N, int K) {
-  WgmmaPlan best;
+// Every plan that can run, in order of modelled time: the largest of the tensor work of the
+// busiest SM, the L2 -> SM traffic (x re-read once per multicast group and split, w once) and the
+// DRAM stream, plus the epilogue. Rates are an H100's (tensor 3.6e12 MAC/s an SM; L2 -> SM
+// 6.5 TB/s, measured by this kernel without multicast; DRAM 85% of the bus peak).
+std::vector<WgmmaPlan> WgmmaCandidatePlans(int M, int N, int K) {
+  std::vector<std::pair<double, WgmmaPlan>> plans;
   const int mw = M > 128 ? 2 : 1;
   const double bm = 128.0 * mw;
   const int k_blocks = (K + kBK - 1) / kBK;
   const double dram = 0.85 * (DramBytesPerSecond() > 0 ? DramBytesPerSecond() : 3.35e12);
-  double best_us = 0;
   for (const Variant& v : kVariants) {
     const int tiles = (N + v.bn - 1) / v.bn;
     for (int g : {1, 2, 4}) {
@@ -561,15 +562,20 @@ WgmmaPlan PlanWgmmaGemm(int M, int N, int K) {
         const double l2_us = double(groups) * g * s * kbs * (bm * 128 / g + v.bn * 128.0) / 6.5e12 * 1e6;
         const double dram_us = (double(N) * K + double(M) * K) * 2 / dram * 1e6;
         const double epilogue_us = 0.5 + (s > 1 ? bm * v.bn * 4 / 150e9 * 1e6 : 0.0);
-        const double us = std::max({tensor_us, l2_us, dram_us}) + epilogue_us;
-        if (best.bn == 0 || us < best_us) {
-          best = {v.bn, s, g};
-          best_us = us;
-        }
+        plans.push_back({std::max({tensor_us, l2_us, dram_us}) + epilogue_us, WgmmaPlan{v.bn, s, g}});
       }
     }
   }
-  return best;
+  std::stable_sort(plans.begin(), plans.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  std::vector<WgmmaPlan> out;
+  for (const auto& p : plans) out.push_back(p.second);
+  return out;
+}
+
+WgmmaPlan PlanWgmmaGemm(int M, int N, int K) {
+  const std::vector<WgmmaPlan> plans = WgmmaCandidatePlans(M, N, K);
+  return plans.empty() ? WgmmaPlan{} : plans.front();
 }
 
 cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,

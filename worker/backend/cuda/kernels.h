@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "worker/model/dtype.h"
 
@@ -242,6 +243,9 @@ struct WgmmaPlan {
   int splits = 1;
   int multicast = 1;
 };
+// Every plan the device can run for the shape, fastest first by the kernel's cost model (empty
+// when none); PlanWgmmaGemm is the first ({} when none).
+std::vector<WgmmaPlan> WgmmaCandidatePlans(int M, int N, int K);
 WgmmaPlan PlanWgmmaGemm(int M, int N, int K);
 // cudaErrorInvalidValue for a shape or plan outside the above.
 cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,
