@@ -181,6 +181,52 @@ TEST_F(WgmmaGemmTest, DeterministicAndGraphReplayable) {
   cudaStreamDestroy(stream);
 }
 
+// The SiLU-and-multiply epilogue against the unfused path it replaces (the same plan into a
+// bf16 [M, 2F] buffer, then LaunchSiluMul): the same bits, for every block width, split and
+// multicast size, on F = 500 (no half block width divides it) and GLM-4-9B's F = 13,696 at M = 256.
+TEST_F(WgmmaGemmTest, SiluMulEpilogueMatchesUnfusedPath) {
+  struct Case {
+    int M, F, K;
+  };
+  for (const Case c : {Case{65, 500, 1000}, Case{200, 500, 1000}, Case{256, 13696, 4096}}) {
+    Problem p(c.M, 2 * c.F, c.K, 300 + c.M + c.F);
+    TypedBuffer fused(DType::kBF16, int64_t{c.M} * c.F), unfused(DType::kBF16, int64_t{c.M} * c.F);
+    std::vector<cuda::WgmmaPlan> plans;
+    if (c.F == 13696) {
+      plans = {cuda::PlanWgmmaGemm(c.M, 2 * c.F, c.K), {104, 1, 2}, {128, 1, 4}};
+    } else {
+      for (int bn : {104, 128, 144}) {
+        for (const auto& sg : {std::pair{1, 1}, {3, 1}, {1, 2}, {2, 4}}) {
+          if (c.M <= 128 || bn != 144) plans.push_back({bn, sg.first, sg.second});
+        }
+      }
+    }
+    for (const cuda::WgmmaPlan plan : plans) {
+      const std::string what = "M=" + std::to_string(c.M) + " F=" + std::to_string(c.F) + " BN=" +
+                               std::to_string(plan.bn) + " splits=" + std::to_string(plan.splits) +
+                               " multicast=" + std::to_string(plan.multicast);
+      ASSERT_EQ(p.Run(plan), cudaSuccess) << what;
+      unfused.Poison();
+      ASSERT_EQ(cuda::LaunchSiluMul(kBf16, p.y.get(), unfused.get(), c.M, c.F, nullptr), cudaSuccess) << what;
+      fused.Poison();
+      ASSERT_EQ(cuda::LaunchWgmmaGemmSiluMul(p.x.get(), p.w.get(), fused.get(), c.M, c.F, c.K, plan, nullptr),
+                cudaSuccess)
+          << what;
+      const std::vector<float> want = unfused.Download(), got = fused.Download();
+      int diff = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        if (!(got[i] == want[i]) && ++diff <= 5) {
+          ADD_FAILURE() << what << " y[" << i / c.F << "," << i % c.F << "] = " << got[i] << ", unfused " << want[i];
+        }
+      }
+      EXPECT_EQ(diff, 0) << what;
+    }
+  }
+  Problem p(100, 256, 256, 4);
+  EXPECT_EQ(cuda::LaunchWgmmaGemmSiluMul(p.x.get(), p.w.get(), p.y.get(), 100, 126, 256, {128, 1}, nullptr),
+            cudaErrorInvalidValue);  // F % 4
+}
+
 TEST_F(WgmmaGemmTest, RefusesWhatItDoesNotHandle) {
   Problem p(256, 256, 256, 3);
   const cuda::WgmmaPlan ok{128, 2};

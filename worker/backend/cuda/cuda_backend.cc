@@ -834,14 +834,10 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
   }
   // Decode batches of 65-256 rows on an sm90 GPU (GLM_CUDA_WGMMA=1): the own wgmma GEMM where it
   // timed faster than cuBLASLt for the shape (gemm_wgmma.cu).
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (use_wgmma_ && alpha_dev == nullptr && cuda::WgmmaGemmSupports(types_, M, N, K) && aligned(input) &&
-      aligned(w.get()) && aligned(y)) {
-    ASSIGN_OR_RETURN(const cuda::WgmmaPlan plan, WgmmaChoice(input, w.get(), y, M, N, K));
-    if (plan.bn > 0) {
-      CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemm(input, w.get(), y, M, N, K, plan, stream_));
-      return absl::OkStatus();
-    }
+  ASSIGN_OR_RETURN(const cuda::WgmmaPlan plan, WgmmaChoice(input, w.get(), y, M, N, K));
+  if (plan.bn > 0) {
+    CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemm(input, w.get(), y, M, N, K, plan, stream_));
+    return absl::OkStatus();
   }
   // Decode-sized M: cuBLASLt with the algorithm timed at the key's first eager call (graph
   // capture reuses it). kUnimplemented: cuBLASLt has no algorithm here, cublasGemmEx below.
@@ -862,14 +858,19 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
   return absl::OkStatus();
 }
 
-// The own GEMM's plans (the cost model's first kWgmmaTimedPlans) against cuBLASLt's timed
-// choice for the same shape, each timed as the tuner times its candidates (L2 flushed, median);
+// {} (bn = 0: cuBLAS) unless the own GEMM is on and takes the shape and pointers; else the own
+// GEMM's plans (the cost model's first kWgmmaTimedPlans) against cuBLASLt's timed choice for the
+// same shape, each timed as the tuner times its candidates (L2 flushed, median);
 // the winner holds for every M of the key's row-block kind. Without the tuner: the model's
 // plan, untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next
 // eager call). Choices are shared process-wide, so two backends in one process agree.
 absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const void* w, void* y, int M, int N,
                                                          int K) {
   constexpr int kWgmmaTimedPlans = 8;
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (!use_wgmma_ || !cuda::WgmmaGemmSupports(types_, M, N, K) || !aligned(x) || !aligned(w) || !aligned(y)) {
+    return cuda::WgmmaPlan{};
+  }
   const auto key = std::make_tuple(M > 128, N, K);
   auto it = wgmma_plans_.find(key);
   if (it != wgmma_plans_.end()) return it->second;
@@ -1110,13 +1111,24 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
       }));
       if (fused_norm) std::swap(res, res_alt);
     } else {
-      RETURN_IF_ERROR(Phase("gemm_gate_up", [&] {
-        return Gemm(normed_.get(), T, 2 * F, D, w.gate_up, gate_up_.get());
-      }));
-      RETURN_IF_ERROR(Phase("silu_mul", [&] {
-        CUDA_RETURN_IF_ERROR(cuda::LaunchSiluMul(types_, gate_up_.get(), mlp_.get(), T, F, stream_));
-        return absl::OkStatus();
-      }));
+      // The own GEMM, where it wins the gate/up shape, writes silu(g) * u from its epilogue.
+      ASSIGN_OR_RETURN(const cuda::WgmmaPlan own,
+                       WgmmaChoice(normed_.get(), w.gate_up.get(), gate_up_.get(), T, 2 * F, D));
+      if (own.bn > 0) {
+        RETURN_IF_ERROR(Phase("gemm_gate_up_silu", [&] {
+          CUDA_RETURN_IF_ERROR(
+              cuda::LaunchWgmmaGemmSiluMul(normed_.get(), w.gate_up.get(), mlp_.get(), T, F, D, own, stream_));
+          return absl::OkStatus();
+        }));
+      } else {
+        RETURN_IF_ERROR(Phase("gemm_gate_up", [&] {
+          return Gemm(normed_.get(), T, 2 * F, D, w.gate_up, gate_up_.get());
+        }));
+        RETURN_IF_ERROR(Phase("silu_mul", [&] {
+          CUDA_RETURN_IF_ERROR(cuda::LaunchSiluMul(types_, gate_up_.get(), mlp_.get(), T, F, stream_));
+          return absl::OkStatus();
+        }));
+      }
     }
     RETURN_IF_ERROR(Phase("gemm_down", [&] { return Gemm(mlp_.get(), T, D, F, w.down, delta_.get()); }));
     RETURN_IF_ERROR(all_reduce(delta_));

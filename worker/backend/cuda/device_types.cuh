@@ -43,6 +43,10 @@ __device__ __forceinline__ Bf16 FromFloat<Bf16>(float f) {
 // Rounds through T (what storing to a T buffer and reading back gives).
 template <typename T>
 __device__ __forceinline__ float RoundTo(float f) { return ToFloat(FromFloat<T>(f)); }
+// The MLP's silu(g) * u for g, u as read from a T buffer: silu rounded through T first (every
+// SiLU-and-multiply path computes it this way, so fused and unfused agree bit for bit).
+template <typename T>
+__device__ __forceinline__ float SiluMul(float g, float u) { return RoundTo<T>(g / (1.f + expf(-g))) * u; }
 
 // 16-byte vectors: unpack into fp32.
 template <typename T>

@@ -224,7 +224,7 @@ __device__ __forceinline__ void Wgmma(float (&d)[BN / 2], uint64_t da, uint64_t 
 template <int MW, int BN>
 __global__ void __maxnreg__(168)
     WgmmaGemmKernel(const __grid_constant__ CUtensorMap map_x, const __grid_constant__ CUtensorMap map_w,
-                    Bf16* __restrict__ y, int M, int N, int k_blocks) {
+                    Bf16* __restrict__ y, int M, int N, int k_blocks, int glu_f) {
 #if defined(GLM_WGMMA_ARCH)
   using C = WgCfg<MW, BN>;
   extern __shared__ uint8_t smem_raw[];
@@ -240,7 +240,9 @@ __global__ void __maxnreg__(168)
   asm("mov.u32 %0, %%cluster_nctaid.y;\n" : "=r"(G));
   const int g = blockIdx.y % G;
   const int kb0 = split * k_blocks / S, nk = (split + 1) * k_blocks / S - kb0;
-  const int n0 = blockIdx.y * BN;
+  // glu_f > 0: w is [gate; up] ([2 glu_f, K]); a block's columns are BN / 2 gate rows and the
+  // same BN / 2 up rows, and it writes silu(g) * u, y [M, glu_f] (N is unused).
+  const int n0 = blockIdx.y * (glu_f > 0 ? BN / 2 : BN);
   const int warp = threadIdx.x / 32;
   const bool clustered = S * G > 1;
 
@@ -262,11 +264,18 @@ __global__ void __maxnreg__(168)
     if (threadIdx.x == kConsumerThreads) {
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_w)) : "memory");
       asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(&map_x)) : "memory");
+      auto load_w = [&](uint32_t stage, int i, uint32_t bar) {
+        if (glu_f > 0) {
+          TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, bar);
+          TmaLoad2d(stage + C::kABytes + BN / 2 * 128, &map_w, (kb0 + i) * kBK, glu_f + n0, bar);
+        } else {
+          TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, bar);
+        }
+      };
       const int first = nk < C::kStages ? nk : C::kStages;
       for (int i = 0; i < first; ++i) {  // weights: never written by an earlier kernel
-        const uint32_t stage = base + i * C::kStageBytes;
         MbarExpectTx(full + 8 * i, C::kStageBytes);
-        TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, full + 8 * i);
+        load_w(base + i * C::kStageBytes, i, full + 8 * i);
       }
       GridDependencyWait();
       const int slice_rows = C::kBM / G;
@@ -278,7 +287,7 @@ __global__ void __maxnreg__(168)
         if (i >= C::kStages) {
           MbarWait(empty + 8 * s, ((i / C::kStages) - 1) & 1);
           MbarExpectTx(full + 8 * s, C::kStageBytes);
-          TmaLoad2d(stage + C::kABytes, &map_w, (kb0 + i) * kBK, n0, full + 8 * s);
+          load_w(stage, i, full + 8 * s);
         }
         if (G == 1) {
           TmaLoad2d(stage, &map_x, (kb0 + i) * kBK, 0, full + 8 * s);
@@ -351,10 +360,8 @@ __global__ void __maxnreg__(168)
     __syncthreads();
   }
   const int r0 = split * M / S, r1 = (split + 1) * M / S;
-  constexpr int kVec = BN / 4;
-  for (int idx = threadIdx.x; idx < (r1 - r0) * kVec; idx += kThreads) {
-    const int row = r0 + idx / kVec, c = 4 * (idx % kVec);
-    if (n0 + c >= N) continue;
+  // The sum of the S partials at (row, c .. c + 3), in split order (deterministic).
+  auto sum4 = [&](int row, int c) {
     const uint32_t addr = SmemAddr(red + row * C::kRedStride + c);
     float4 sum = LoadSharedCluster(addr, S * g);
     for (int r = 1; r < S; ++r) {
@@ -364,12 +371,35 @@ __global__ void __maxnreg__(168)
       sum.z += v.z;
       sum.w += v.w;
     }
-    const __nv_bfloat162 lo = __floats2bfloat162_rn(sum.x, sum.y);
-    const __nv_bfloat162 hi = __floats2bfloat162_rn(sum.z, sum.w);
+    return sum;
+  };
+  auto store4 = [](Bf16* dst, float a, float b, float c, float d) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b);
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(c, d);
     uint2 packed;
     packed.x = *reinterpret_cast<const uint32_t*>(&lo);
     packed.y = *reinterpret_cast<const uint32_t*>(&hi);
-    *reinterpret_cast<uint2*>(y + static_cast<int64_t>(row) * N + n0 + c) = packed;
+    *reinterpret_cast<uint2*>(dst) = packed;
+  };
+  if (glu_f > 0) {
+    constexpr int kVec = BN / 8;
+    for (int idx = threadIdx.x; idx < (r1 - r0) * kVec; idx += kThreads) {
+      const int row = r0 + idx / kVec, c = 4 * (idx % kVec);
+      if (n0 + c >= glu_f) continue;
+      const float4 gs = sum4(row, c), us = sum4(row, BN / 2 + c);
+      // g and u rounded as the unfused path's bf16 gate_up buffer holds them.
+      auto act = [](float gv, float uv) { return SiluMul<Bf16>(RoundTo<Bf16>(gv), RoundTo<Bf16>(uv)); };
+      store4(y + static_cast<int64_t>(row) * glu_f + n0 + c, act(gs.x, us.x), act(gs.y, us.y), act(gs.z, us.z),
+             act(gs.w, us.w));
+    }
+  } else {
+    constexpr int kVec = BN / 4;
+    for (int idx = threadIdx.x; idx < (r1 - r0) * kVec; idx += kThreads) {
+      const int row = r0 + idx / kVec, c = 4 * (idx % kVec);
+      if (n0 + c >= N) continue;
+      const float4 v = sum4(row, c);
+      store4(y + static_cast<int64_t>(row) * N + n0 + c, v.x, v.y, v.z, v.w);
+    }
   }
   if (clustered) ClusterSync();  // no block leaves while another still reads its shared memory
 #endif  // GLM_WGMMA_ARCH
@@ -430,7 +460,7 @@ bool TensorMap(const void* ptr, int rows, int K, int box_rows, CUtensorMap* out)
   return true;
 }
 
-using KernelFn = void (*)(CUtensorMap, CUtensorMap, Bf16*, int, int, int);
+using KernelFn = void (*)(CUtensorMap, CUtensorMap, Bf16*, int, int, int, int);
 
 template <int MW, int BN>
 KernelFn Kernel() {
@@ -578,8 +608,11 @@ WgmmaPlan PlanWgmmaGemm(int M, int N, int K) {
   return plans.empty() ? WgmmaPlan{} : plans.front();
 }
 
-cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,
-                            WgmmaPlan plan, cudaStream_t stream) {
+namespace {
+
+// glu_f > 0: the SiLU-and-multiply variant (w [2 glu_f, K], y [M, glu_f]; N = 2 glu_f).
+cudaError_t Launch(const void* x, const void* w, void* y, int M, int N, int K, WgmmaPlan plan, int glu_f,
+                   cudaStream_t stream) {
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const Variant* v = FindVariant(plan.bn);
   const int g = plan.multicast;
@@ -593,10 +626,11 @@ cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N,
   if (fn == nullptr) return cudaErrorInvalidValue;
   if (MaxClusters(fn, smem, plan.splits, g) <= 0) return cudaErrorInvalidConfiguration;
   CUtensorMap map_x, map_w;
-  if (!TensorMap(x, M, K, 128 * mw / g, &map_x) || !TensorMap(w, N, K, plan.bn, &map_w)) {
+  if (!TensorMap(x, M, K, 128 * mw / g, &map_x) ||
+      !TensorMap(w, N, K, glu_f > 0 ? plan.bn / 2 : plan.bn, &map_w)) {
     return cudaErrorInvalidValue;
   }
-  const int tiles = (N + plan.bn - 1) / plan.bn;
+  const int tiles = glu_f > 0 ? (glu_f + plan.bn / 2 - 1) / (plan.bn / 2) : (N + plan.bn - 1) / plan.bn;
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(plan.splits, (tiles + g - 1) / g * g, 1);  // blocks past N load x for the group
   config.blockDim = dim3(kThreads, 1, 1);
@@ -612,7 +646,20 @@ cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N,
   config.attrs = attr;
   config.numAttrs = ProgrammaticLaunchEnabled() ? 2 : 1;
   const int k_blocks = (K + kBK - 1) / kBK;
-  return cudaLaunchKernelEx(&config, fn, map_x, map_w, static_cast<Bf16*>(y), M, N, k_blocks);
+  return cudaLaunchKernelEx(&config, fn, map_x, map_w, static_cast<Bf16*>(y), M, N, k_blocks, glu_f);
+}
+
+}  // namespace
+
+cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K, WgmmaPlan plan,
+                            cudaStream_t stream) {
+  return Launch(x, w, y, M, N, K, plan, 0, stream);
+}
+
+cudaError_t LaunchWgmmaGemmSiluMul(const void* x, const void* w_gate_up, void* y, int M, int F, int K,
+                                   WgmmaPlan plan, cudaStream_t stream) {
+  if (F <= 0 || F % 4 != 0) return cudaErrorInvalidValue;
+  return Launch(x, w_gate_up, y, M, 2 * F, K, plan, F, stream);
 }
 
 }  // namespace cuda

@@ -295,8 +295,7 @@ __device__ __forceinline__ void GemvBody(const W* __restrict__ x, const W* __res
           // products from being contracted into expf's arithmetic (fp32 Out: no rounding between).
           const float g = RoundTo<Out>(__fmul_rn(sum[0][m], a));
           const float u = RoundTo<Out>(__fmul_rn(sum[1][m], a));
-          const float silu = RoundTo<Out>(g / (1.f + expf(-g)));
-          *dst = FromFloat<Out>(silu * u);
+          *dst = FromFloat<Out>(SiluMul<Out>(g, u));
         }
       }
     }

@@ -250,6 +250,11 @@ WgmmaPlan PlanWgmmaGemm(int M, int N, int K);
 // cudaErrorInvalidValue for a shape or plan outside the above.
 cudaError_t LaunchWgmmaGemm(const void* x, const void* w, void* y, int M, int N, int K,
                             WgmmaPlan plan, cudaStream_t stream);
+// The MLP's gate/up GEMM with SiLU-and-multiply in its epilogue: w_gate_up [2F, K] (gate rows,
+// then up rows), y[M, F] = silu(x . gate^T) * (x . up^T), bit for bit what LaunchWgmmaGemm into a
+// bf16 [M, 2F] buffer followed by LaunchSiluMul gives. plan: one for the (M, 2F, K) GEMM; F % 4 == 0.
+cudaError_t LaunchWgmmaGemmSiluMul(const void* x, const void* w_gate_up, void* y, int M, int F, int K,
+                                   WgmmaPlan plan, cudaStream_t stream);
 
 // Converts n values between element types (weights upload, tests).
 cudaError_t LaunchConvert(DType from, const void* in, DType to, void* out, int64_t n,

@@ -156,8 +156,7 @@ SiluMulVecKernel(const Act* __restrict__ gate_up, Act* __restrict__ out, int F, 
       Vec16<Act>::Unpack(ur[r], u);
 #pragma unroll
       for (int e = 0; e < kV; ++e) {
-        const float silu = RoundTo<Act>(g[e] / (1.f + expf(-g[e])));
-        y[e] = silu * u[e];
+        y[e] = SiluMul<Act>(g[e], u[e]);
       }
       TVec<Act>::Store(out + t * F + j, y);
     }
@@ -174,8 +173,7 @@ __global__ void SiluMulKernel(const Act* __restrict__ gate_up, Act* __restrict__
     const int64_t t = idx / F, j = idx % F;
     const float g = ToFloat(gate_up[t * 2 * F + j]);
     const float u = ToFloat(gate_up[t * 2 * F + F + j]);
-    const float silu = RoundTo<Act>(g / (1.f + expf(-g)));
-    out[idx] = FromFloat<Act>(silu * u);
+    out[idx] = FromFloat<Act>(SiluMul<Act>(g, u));
   }
 }
 
