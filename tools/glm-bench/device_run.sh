@@ -160,6 +160,15 @@ for what in "$@"; do
       # M = 256 gate/up GEMM with x multicast over 1 and 2 column tiles (plan BN 104, S 1).
       timeout 200 build-dev/tests/gpu/gpu_gemm_wgmma_test 2>&1 |
         tee "$OUT/wgmma_time.txt" | grep -E "^wgmma-gemm|^\[ +(OK|FAILED|PASSED)|Failure"
+      # Nsight Compute only while multicast is still the slower (gate/up, BN 104, 1 split: G = 2
+      # over 1.2x G = 1's time), or when WGMMA_NCU=1.
+      sweep=$(grep -E "M=256 gate_up +best" "$OUT/wgmma_time.txt")
+      t1=$(echo "$sweep" | grep -o " 104/1/1:[0-9.]*" | cut -d: -f2)
+      t2=$(echo "$sweep" | grep -o " 104/1/2:[0-9.]*" | cut -d: -f2)
+      if [ "${WGMMA_NCU:-0}" != 1 ] && [ -n "$t1" ] && [ -n "$t2" ] && awk "BEGIN{exit !($t2 <= 1.2 * $t1)}"; then
+        echo "ncu wgmma: skipped (G=2 $t2 us, G=1 $t1 us)"
+        continue
+      fi
       ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
       for g in ${WGMMA_NCU_G:-1 2}; do
         GLM_WGMMA_PROFILE=${WGMMA_NCU_SHAPE:-256,27392,4096,104,1},$g timeout 120 "$ncu" --clock-control none \
