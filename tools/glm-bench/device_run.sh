@@ -156,10 +156,13 @@ for what in "$@"; do
       echo "ncu prefill attention: rc=$?"
       grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
     wgmma)
-      # The own sm90a decode GEMM: its timing sweep against cuBLAS, then Nsight Compute on the
-      # M = 256 gate/up GEMM with x multicast over 1 and 2 column tiles (plan BN 104, S 1).
+      # The own sm90a decode GEMM: its tests and timing sweep against cuBLAS, the backend with it
+      # against the cuBLAS path, then Nsight Compute on the M = 256 gate/up GEMM with x multicast
+      # over 1 and 2 column tiles (plan BN 104, S 1).
       timeout 200 build-dev/tests/gpu/gpu_gemm_wgmma_test 2>&1 |
         tee "$OUT/wgmma_time.txt" | grep -E "^wgmma-gemm|^\[ +(OK|FAILED|PASSED)|Failure"
+      timeout 120 build-dev/tests/gpu/gpu_backend_test --gtest_filter='*OwnDecodeGemm*' 2>&1 |
+        tee "$OUT/wgmma_backend.txt" | grep -E "^\[own|^\[ +(OK|FAILED|PASSED)|Failure|Expected|Which is"
       # Nsight Compute only while multicast is still the slower (gate/up, BN 104, 1 split: G = 2
       # over 1.2x G = 1's time), or when WGMMA_NCU=1.
       sweep=$(grep -E "M=256 gate_up +best" "$OUT/wgmma_time.txt")

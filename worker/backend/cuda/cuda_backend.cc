@@ -225,7 +225,9 @@ class CudaBackend : public Backend {
   // cuBLASLt GEMMs with the measured-best algorithm for M in (4, 512] (decode buckets, small
   // mixed steps); same stream and workspace as cublas_. Null with GLM_CUDA_LT_TUNE=0.
   std::unique_ptr<LtGemmTuner> lt_tuner_;
-  bool use_wgmma_ = false;  // the own decode GEMM (gemm_wgmma.cu), see Gemm
+  // The own decode GEMM (gemm_wgmma.cu), see Gemm and WgmmaChoice: 0 off, 1 where it times
+  // faster than cuBLASLt, 2 always, with its cost model's plan (tests, A/B runs).
+  int wgmma_mode_ = 0;
   // Per (M > 128, N, K): the own GEMM's plan when it timed faster than cuBLASLt's choice, else
   // bn = 0 (cuBLASLt). Settled at the key's first eager call (WgmmaChoice).
   std::map<std::tuple<bool, int, int>, cuda::WgmmaPlan> wgmma_plans_;
@@ -509,10 +511,13 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
   }
   // The own decode GEMM (bf16, sm90): opt-in with GLM_CUDA_WGMMA=1 (docs/PERFORMANCE-cuda-notes.md,
   // v17-v18), per shape where it times faster than cuBLASLt.
-  use_wgmma_ = types_.act == DType::kBF16 && types_.weight == DType::kBF16 && gpu.compute_major == 9 &&
-               cuda::PositiveEnvOr("GLM_CUDA_WGMMA", 0) == 1 && cuda::WgmmaGemmAvailable();
+  const int wgmma = cuda::PositiveEnvOr("GLM_CUDA_WGMMA", 0);
+  wgmma_mode_ = types_.act == DType::kBF16 && types_.weight == DType::kBF16 && gpu.compute_major == 9 &&
+                        (wgmma == 1 || wgmma == 2) && cuda::WgmmaGemmAvailable()
+                    ? wgmma
+                    : 0;
   GLM_LOG(INFO) << "cuda backend: wgmma decode GEMM (M " << cuda::kWgmmaMinM << "-" << cuda::kWgmmaMaxM << ") "
-                << (use_wgmma_ ? "on" : "off");
+                << (wgmma_mode_ == 0 ? "off" : wgmma_mode_ == 1 ? "on where faster" : "on");
   RETURN_IF_ERROR(scalars_.Allocate(64));
   const float host_scalars[4] = {1.f, 1.f, 0.f, 0.f};  // alpha, one, zero, amax bits
   CUDA_RETURN_IF_ERROR(cudaMemcpy(scalars_.get(), host_scalars, sizeof(host_scalars), cudaMemcpyHostToDevice));
@@ -861,29 +866,29 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
 // {} (bn = 0: cuBLAS) unless the own GEMM is on and takes the shape and pointers; else the own
 // GEMM's plans (the cost model's first kWgmmaTimedPlans) against cuBLASLt's timed choice for the
 // same shape, each timed as the tuner times its candidates (L2 flushed, median);
-// the winner holds for every M of the key's row-block kind. Without the tuner: the model's
-// plan, untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next
+// the winner holds for every M of the key's row-block kind. GLM_CUDA_WGMMA=2 or no tuner: the
+// model's plan, untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next
 // eager call). Choices are shared process-wide, so two backends in one process agree.
 absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const void* w, void* y, int M, int N,
                                                          int K) {
   constexpr int kWgmmaTimedPlans = 8;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (!use_wgmma_ || !cuda::WgmmaGemmSupports(types_, M, N, K) || !aligned(x) || !aligned(w) || !aligned(y)) {
+  if (wgmma_mode_ == 0 || !cuda::WgmmaGemmSupports(types_, M, N, K) || !aligned(x) || !aligned(w) || !aligned(y)) {
     return cuda::WgmmaPlan{};
   }
   const auto key = std::make_tuple(M > 128, N, K);
   auto it = wgmma_plans_.find(key);
   if (it != wgmma_plans_.end()) return it->second;
   static std::mutex shared_mu;
-  static std::map<std::tuple<int, bool, int, int>, cuda::WgmmaPlan> shared;
-  const auto shared_key = std::make_tuple(device_, M > 128, N, K);
+  static std::map<std::tuple<int, int, bool, int, int>, cuda::WgmmaPlan> shared;
+  const auto shared_key = std::make_tuple(device_, wgmma_mode_, M > 128, N, K);
   {
     std::lock_guard<std::mutex> lock(shared_mu);
     auto sf = shared.find(shared_key);
     if (sf != shared.end()) return wgmma_plans_.emplace(key, sf->second).first->second;
   }
   cuda::WgmmaPlan chosen;
-  if (lt_tuner_ == nullptr) {
+  if (lt_tuner_ == nullptr || wgmma_mode_ == 2) {
     chosen = cuda::PlanWgmmaGemm(M, N, K);
   } else {
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
