@@ -282,8 +282,8 @@ TEST(CudaBackendTest, OwnDecodeGemmMatchesCublasPath) {
       planner.Finish(batch, row_seq, next);
     }
     const double mean_diff = sum_diff / std::max<int64_t>(compared, 1);
-    std::printf("[own decode GEMM, %d sequences] max |diff| %.3g, mean |diff| %.3g, argmax agreement %.3f\n", n,
-                max_diff, mean_diff, double(agree) / rows);
+    std::printf("[own decode GEMM, %d sequences] max |diff| %.3g, mean |diff| %.3g, argmax agreement %.3f\n",
+                n, max_diff, mean_diff, double(agree) / rows);
     EXPECT_LE(max_diff, 0.25) << n << " sequences";
     EXPECT_LE(mean_diff, 0.02) << n << " sequences";
     EXPECT_GE(double(agree) / rows, 0.9) << n << " sequences";

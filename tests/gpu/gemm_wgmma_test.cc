@@ -216,7 +216,8 @@ TEST_F(WgmmaGemmTest, SiluMulEpilogueMatchesUnfusedPath) {
       int diff = 0;
       for (size_t i = 0; i < got.size(); ++i) {
         if (!(got[i] == want[i]) && ++diff <= 5) {
-          ADD_FAILURE() << what << " y[" << i / c.F << "," << i % c.F << "] = " << got[i] << ", unfused " << want[i];
+          ADD_FAILURE() << what << " y[" << i / c.F << "," << i % c.F << "] = " << got[i] << ", unfused "
+                        << want[i];
         }
       }
       EXPECT_EQ(diff, 0) << what;

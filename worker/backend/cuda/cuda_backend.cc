@@ -865,15 +865,16 @@ absl::Status CudaBackend::Gemm(const void* x, int M, int N, int K, const DeviceB
 
 // {} (bn = 0: cuBLAS) unless the own GEMM is on and takes the shape and pointers; else the own
 // GEMM's plans (the cost model's first kWgmmaTimedPlans) against cuBLASLt's timed choice for the
-// same shape, each timed as the tuner times its candidates (L2 flushed, median);
-// the winner holds for every M of the key's row-block kind. GLM_CUDA_WGMMA=2 or no tuner: the
-// model's plan, untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next
-// eager call). Choices are shared process-wide, so two backends in one process agree.
+// same shape, each timed as the tuner times its candidates (L2 flushed, median); the winner holds
+// for every M of the key's row-block kind. GLM_CUDA_WGMMA=2 or no tuner: the model's plan,
+// untimed. While capturing an unsettled key: cuBLASLt, not remembered (settled at the next eager
+// call). Choices are shared process-wide, so two backends in one process agree.
 absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const void* w, void* y, int M, int N,
                                                          int K) {
   constexpr int kWgmmaTimedPlans = 8;
   auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  if (wgmma_mode_ == 0 || !cuda::WgmmaGemmSupports(types_, M, N, K) || !aligned(x) || !aligned(w) || !aligned(y)) {
+  if (wgmma_mode_ == 0 || !cuda::WgmmaGemmSupports(types_, M, N, K) || !aligned(x) || !aligned(w) ||
+      !aligned(y)) {
     return cuda::WgmmaPlan{};
   }
   const auto key = std::make_tuple(M > 128, N, K);
@@ -924,11 +925,12 @@ absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const vo
         chosen = p;
       }
     }
-    GLM_LOG(INFO) << absl::StrFormat("wgmma GEMM M %s N %d K %d: cuBLASLt %.1f us, own (bn x splits x multicast, us)%s: %s",
-                                     M > 128 ? "129-256" : "65-128", N, K, lt_us, tried,
-                                     chosen.bn > 0 ? absl::StrFormat("own %dx%dx%d", chosen.bn, chosen.splits,
-                                                                     chosen.multicast)
-                                                   : std::string("cuBLASLt"));
+    const std::string winner =
+        chosen.bn > 0 ? absl::StrFormat("own %dx%dx%d", chosen.bn, chosen.splits, chosen.multicast)
+                      : std::string("cuBLASLt");
+    GLM_LOG(INFO) << absl::StrFormat(
+        "wgmma GEMM M %s N %d K %d: cuBLASLt %.1f us, own (bn x splits x multicast, us)%s: %s",
+        M > 128 ? "129-256" : "65-128", N, K, lt_us, tried, winner);
   }
   std::lock_guard<std::mutex> lock(shared_mu);
   chosen = shared.emplace(shared_key, chosen).first->second;  // a concurrent backend's choice wins
@@ -1121,8 +1123,8 @@ absl::Status CudaBackend::EnqueueForward(const StepLayout& L, int T, int S, int 
                        WgmmaChoice(normed_.get(), w.gate_up.get(), gate_up_.get(), T, 2 * F, D));
       if (own.bn > 0) {
         RETURN_IF_ERROR(Phase("gemm_gate_up_silu", [&] {
-          CUDA_RETURN_IF_ERROR(
-              cuda::LaunchWgmmaGemmSiluMul(normed_.get(), w.gate_up.get(), mlp_.get(), T, F, D, own, stream_));
+          CUDA_RETURN_IF_ERROR(cuda::LaunchWgmmaGemmSiluMul(normed_.get(), w.gate_up.get(), mlp_.get(), T, F,
+                                                            D, own, stream_));
           return absl::OkStatus();
         }));
       } else {

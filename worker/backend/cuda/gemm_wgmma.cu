@@ -18,7 +18,15 @@
 // one K slice behind the copies, keep one wgmma group in flight and free a stage when its group
 // has completed. After the K loop each block writes its partial tile to shared memory, the
 // cluster synchronizes, and block r of the cluster sums rows [r R / S, (r + 1) R / S) (R = M) of
-// all S partials in a fixed order (deterministic) and stores them as bf16.
+// all S partials in a fixed order (deterministic) and stores them as bf16 (or, for the MLP's
+// gate/up, whose blocks hold BN / 2 gate and the matching BN / 2 up columns, silu(g) * u).
+// With multicast, lanes 0..G-1 of each consumer warp free a stage in the G blocks that fill it
+// with plain (CTA-scope release) remote arrives: a cluster-scope release on each made every
+// stage ~1 us longer per block of the group.
+//
+// Measured on an H100 (docs/PERFORMANCE-cuda-notes.md, v17-v18): correct, but not faster than
+// cuBLASLt at M = 256 (both stream the weights at ~2.3 TB/s); the backend uses it per shape only
+// where it times faster (GLM_CUDA_WGMMA=1).
 #include <cuda.h>
 #include <cuda_bf16.h>
 #include <cudaTypedefs.h>
@@ -389,8 +397,8 @@ __global__ void __maxnreg__(168)
       const float4 gs = sum4(row, c), us = sum4(row, BN / 2 + c);
       // g and u rounded as the unfused path's bf16 gate_up buffer holds them.
       auto act = [](float gv, float uv) { return SiluMul<Bf16>(RoundTo<Bf16>(gv), RoundTo<Bf16>(uv)); };
-      store4(y + static_cast<int64_t>(row) * glu_f + n0 + c, act(gs.x, us.x), act(gs.y, us.y), act(gs.z, us.z),
-             act(gs.w, us.w));
+      store4(y + static_cast<int64_t>(row) * glu_f + n0 + c, act(gs.x, us.x), act(gs.y, us.y),
+             act(gs.z, us.z), act(gs.w, us.w));
     }
   } else {
     constexpr int kVec = BN / 4;
@@ -571,7 +579,8 @@ bool WgmmaGemmSupports(KernelTypes types, int M, int N, int K) {
 // Every plan that can run, in order of modelled time: the largest of the tensor work of the
 // busiest SM, the L2 -> SM traffic (x re-read once per multicast group and split, w once) and the
 // DRAM stream, plus the epilogue. Rates are an H100's (tensor 3.6e12 MAC/s an SM; L2 -> SM
-// 6.5 TB/s, measured by this kernel without multicast; DRAM 85% of the bus peak).
+// 6.5 TB/s; DRAM 85% of the bus peak). A ranking only: on an H100 the kernel streams the weights
+// at ~2.3 TB/s whatever the plan (notes v18), which is why the backend times the first few.
 std::vector<WgmmaPlan> WgmmaCandidatePlans(int M, int N, int K) {
   std::vector<std::pair<double, WgmmaPlan>> plans;
   const int mw = M > 128 ? 2 : 1;
