@@ -228,9 +228,6 @@ class CudaBackend : public Backend {
   // The own decode GEMM (gemm_wgmma.cu), see Gemm and WgmmaChoice: 0 off, 1 where it times
   // faster than cuBLASLt, 2 always, with its cost model's plan (tests, A/B runs).
   int wgmma_mode_ = 0;
-  // Per (M > 128, N, K): the own GEMM's plan when it timed faster than cuBLASLt's choice, else
-  // bn = 0 (cuBLASLt). Settled at the key's first eager call (WgmmaChoice).
-  std::map<std::tuple<bool, int, int>, cuda::WgmmaPlan> wgmma_plans_;
   absl::StatusOr<cuda::WgmmaPlan> WgmmaChoice(const void* x, const void* w, void* y, int M, int N, int K);
 
   // Tensor parallelism (LoadOptions::comm set, worker/parallel/shard_plan.h's recipe): the
@@ -877,16 +874,15 @@ absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const vo
       !aligned(y)) {
     return cuda::WgmmaPlan{};
   }
-  const auto key = std::make_tuple(M > 128, N, K);
-  auto it = wgmma_plans_.find(key);
-  if (it != wgmma_plans_.end()) return it->second;
+  // Per (device, mode, M > 128, N, K): the own GEMM's plan when it timed faster than cuBLASLt's
+  // choice, else bn = 0 (cuBLASLt).
   static std::mutex shared_mu;
   static std::map<std::tuple<int, int, bool, int, int>, cuda::WgmmaPlan> shared;
   const auto shared_key = std::make_tuple(device_, wgmma_mode_, M > 128, N, K);
   {
     std::lock_guard<std::mutex> lock(shared_mu);
     auto sf = shared.find(shared_key);
-    if (sf != shared.end()) return wgmma_plans_.emplace(key, sf->second).first->second;
+    if (sf != shared.end()) return sf->second;
   }
   cuda::WgmmaPlan chosen;
   if (lt_tuner_ == nullptr || wgmma_mode_ == 2) {
@@ -933,8 +929,7 @@ absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const vo
         M > 128 ? "129-256" : "65-128", N, K, lt_us, tried, winner);
   }
   std::lock_guard<std::mutex> lock(shared_mu);
-  chosen = shared.emplace(shared_key, chosen).first->second;  // a concurrent backend's choice wins
-  return wgmma_plans_.emplace(key, chosen).first->second;
+  return shared.emplace(shared_key, chosen).first->second;  // a concurrent backend's choice wins
 }
 
 absl::Status CudaBackend::Phase(const char* name, const std::function<absl::Status()>& fn) {
