@@ -274,12 +274,16 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   // Runs 2.. : the same with each decode block shape forced (warps, pipeline depth; the automatic
   // choice takes 4 warps and 4 stages for small batches like these). Last run: without counters
   // (every split writes partials, the combine kernel merges them).
-  struct Forced { int warps, stages; const char* what; };
-  const std::vector<Forced> shapes = {{4, 2, "4 warps, 2-stage pipeline"},
-                                      {4, 4, "4 warps, 4-stage pipeline"},
-                                      {2, 2, "2 warps / 32-key tiles, 2 stages"},
-                                      {2, 3, "2 warps / 32-key tiles, 3 stages"},
-                                      {2, 4, "2 warps / 32-key tiles, 4 stages"}};
+  struct Forced { int warps, stages; bool warp_pipes; const char* what; };
+  const std::vector<Forced> shapes = {{4, 2, false, "4 warps, 2-stage pipeline"},
+                                      {4, 4, false, "4 warps, 4-stage pipeline"},
+                                      {2, 2, false, "2 warps / 32-key tiles, 2 stages"},
+                                      {2, 3, false, "2 warps / 32-key tiles, 3 stages"},
+                                      {2, 4, false, "2 warps / 32-key tiles, 4 stages"},
+                                      {2, 2, true, "2 warp pipelines, 2 stages"},
+                                      {2, 3, true, "2 warp pipelines, 3 stages"},
+                                      {1, 4, false, "1 warp / 16-key tiles, 4 stages"},
+                                      {1, 6, false, "1 warp / 16-key tiles, 6 stages"}};
   const int runs = 3 + static_cast<int>(shapes.size());
   std::vector<float> fused;
   std::vector<std::vector<float>> forced;
@@ -295,6 +299,7 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
       const bool forcing = run >= 2 && run < runs - 1;
       a.decode_warps = forcing ? shapes[run - 2].warps : 0;
       a.stages = forcing ? shapes[run - 2].stages : 0;
+      a.warp_pipes = forcing && shapes[run - 2].warp_pipes;
       ASSERT_CUDA(cuda::LaunchPagedAttention(tc.types, a, nullptr));
     }
     if (run == 0) fused = out.Download();

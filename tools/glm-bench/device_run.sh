@@ -9,8 +9,9 @@
 #     [ncu-256] (the same for the 256-wide decode attention) [ncu-elementwise] (and for the
 #     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
 #     the offline run's 8,192-token steps) [wgmma] (the own sm90a GEMM: its tests, timing
-#     sweep and Nsight Compute) [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline throughput with
-#     glm-bench sampling flags, e.g. sample-temperature=1,top_k=50)
+#     sweep and Nsight Compute) [kvread] (K/V cache read patterns, glm-kv-read-bench)
+#     [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline throughput with glm-bench sampling flags,
+#     e.g. sample-temperature=1,top_k=50)
 set -u
 OUT=${OUT:-/tmp/glm-out}
 mkdir -p "$OUT"
@@ -38,7 +39,7 @@ t0=$(date +%s)
 cmake -S . -B build-dev -G Ninja -DGLM_WITH_GRPC=OFF -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="$arch" \
   -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 # GLM_DEV_TARGETS: a shorter build list for a call that runs only some of them.
-targets=${GLM_DEV_TARGETS:-gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test glm-bench glm_nccl_communicator_tests}
+targets=${GLM_DEV_TARGETS:-gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test glm-bench glm-kv-read-bench glm_nccl_communicator_tests}
 ninja -C build-dev -j16 -k 0 $targets \
   >>"$OUT/build.log" 2>&1 ||
   grep -E "error|FAILED" "$OUT/build.log" | head -20
@@ -157,6 +158,12 @@ for what in "$@"; do
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"
       grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
+    kvread)
+      # Read patterns of the paged K/V cache at the 256-wide decode, without the attention's
+      # math (glm-kv-read-bench): the cache layout and the copy pipeline against a plain stream.
+      for ctx in 640 1024; do
+        timeout 120 build-dev/tools/glm-bench/glm-kv-read-bench $ctx 2>&1 | tee "$OUT/kvread_$ctx.txt"
+      done ;;
     wgmma)
       # The own sm90a decode GEMM: its tests and timing sweep against cuBLAS, the backend with it
       # against the cuBLAS path, then Nsight Compute on the M = 256 gate/up GEMM with x multicast

@@ -184,14 +184,16 @@ __device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, i
   }
 }
 
-// Waits until at most n (0..3) cp.async groups are pending.
+// Waits until at most n (0..5) cp.async groups are pending.
 __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 #if defined(GLM_ATTN_MMA_ARCH)
   switch (n) {
     case 0: CpAsyncWait<0>(); break;
     case 1: CpAsyncWait<1>(); break;
     case 2: CpAsyncWait<2>(); break;
-    default: CpAsyncWait<3>(); break;
+    case 3: CpAsyncWait<3>(); break;
+    case 4: CpAsyncWait<4>(); break;
+    default: CpAsyncWait<5>(); break;
   }
 #endif
 }
@@ -200,10 +202,13 @@ __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 // keys. STAGES: K/V tiles in flight + 1 (2: double buffering; 3-4 where one block keeps more of
 // its context in flight: small decode batches walk a whole short context, and the latency of each
 // tile is the cost).
+// WP (decode only): warp pipelines. Each warp copies its own 16 keys of every tile into its own
+// ring of STAGES stages and waits only for its own copies (a warp barrier instead of the block's):
+// the warps of a block no longer wait for each other between tiles.
 // Row-split (prefill) shapes: at least 3 blocks an SM, which their 70 KB of shared memory
 // allows; unbounded they took 173 registers, i.e. 2 blocks (bounded: 168, and at Dh = 128 a
 // 48-byte spill outside the tile loop; v9 in docs/PERFORMANCE-cuda-notes.md).
-template <typename T, int DH, int NW, int RW, int STAGES>
+template <typename T, int DH, int NW, int RW, int STAGES, bool WP = false>
 __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(AttentionArgs a, int G) {
   LaunchDependents();
 #if !defined(GLM_ATTN_MMA_ARCH)
@@ -220,7 +225,8 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
   constexpr int kKS = DH / 16;           // k-steps of Q K^T
   constexpr int kStride = Smem::kStride;
   static_assert(NW % RW == 0, "block shape");
-  static_assert(STAGES >= 2 && STAGES <= 4, "stages");
+  static_assert(STAGES >= 2 && STAGES <= 6, "stages");
+  static_assert(!WP || RW == 1, "warp pipelines are a decode shape");
   constexpr int kVecs = DH / 8;          // 16-byte vectors per row
   constexpr float kLog2e = 1.4426950408889634f;
   constexpr float kLn2 = 0.6931471805599453f;
@@ -268,10 +274,21 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
   // engine's) maps a key to its cache slot with shifts (the per-key integer division and 64-bit
   // arithmetic were most of the instructions of a decode tile; the kernel is issue-bound at
   // 8 warps an SM).
-  static_assert(kThreads % kVecs == 0 && (kTile * kVecs) % kThreads == 0, "tile copy map");
-  constexpr int kRowStep = kThreads / kVecs;
-  constexpr int kCopyRows = kTile / kRowStep;  // tile rows a thread copies
-  const int t0 = tid / kVecs, c0 = (tid % kVecs) * 8;
+  // With warp pipelines the warp's 32 lanes copy its kWarpKeys rows.
+  constexpr int kCopyThreads = WP ? 32 : kThreads;
+  constexpr int kCopyKeys = WP ? kWarpKeys : kTile;
+  static_assert(kCopyThreads % kVecs == 0 && (kCopyKeys * kVecs) % kCopyThreads == 0, "tile copy map");
+  constexpr int kRowStep = kCopyThreads / kVecs;
+  constexpr int kCopyRows = kCopyKeys / kRowStep;  // tile rows a thread copies
+  const int copy_tid = WP ? lane : tid;
+  const int t0 = copy_tid / kVecs, c0 = (copy_tid % kVecs) * 8;
+  // A stage's K rows, then its V rows: the block's tile, or (WP) the warp's part of it in the
+  // warp's own ring ([NW][STAGES][K | V][kWarpKeys][kStride], the same bytes).
+  auto stage_k = [&](int stage) {
+    return WP ? tiles + (kw * STAGES + stage) * 2 * kWarpKeys * kStride : tiles + stage * 2 * kTile * kStride;
+  };
+  constexpr int kStageRows = WP ? kWarpKeys : kTile;  // K rows of a stage before its V rows
+  const int copy_key0 = WP ? kw * kWarpKeys : 0;      // the copier's first key inside a tile
   const int64_t slot_stride = static_cast<int64_t>(a.Hkv) * DH;
   const int64_t col0 = static_cast<int64_t>(kvh) * DH + c0;
   const int bs = a.block_size;
@@ -279,11 +296,11 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
   const int bs_shift = __ffs(bs) - 1;
   const int32_t* table = it.block_table;
   auto load_tile = [&](int tile, int stage) {
-    uint16_t* k_dst = tiles + stage * 2 * kTile * kStride + t0 * kStride + c0;
-    uint16_t* v_dst = k_dst + kTile * kStride;
+    uint16_t* k_dst = stage_k(stage) + t0 * kStride + c0;
+    uint16_t* v_dst = k_dst + kStageRows * kStride;
 #pragma unroll
     for (int i = 0; i < kCopyRows; ++i) {
-      const int j = tile * kTile + t0 + i * kRowStep;
+      const int j = tile * kTile + copy_key0 + t0 + i * kRowStep;
       const bool valid = j < kv_len;
       int64_t base = 0;
       if (valid) {
@@ -374,9 +391,14 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
       ++issued;
     }
     CpAsyncWaitAtMost(issued - tile - 1);  // this tile's group is complete
-    __syncthreads();
-    const uint16_t* k_t = tiles + stage * 2 * kTile * kStride;
-    const uint16_t* v_t = k_t + kTile * kStride;
+    if constexpr (WP) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
+    // k_t / v_t: row 0 is the warp's first key.
+    const uint16_t* k_t = stage_k(stage) + (WP ? 0 : key0) * kStride;
+    const uint16_t* v_t = k_t + kStageRows * kStride;
     const int j0 = tile * kTile + key0;
     // Rows of this warp that see at least one of its keys (causal): else skip the math.
     if (__any_sync(0xffffffffu, j0 <= max(pos_lo, pos_hi))) {  // warp-uniform: MMAs are collective
@@ -395,7 +417,7 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
 #pragma unroll
         for (int nt = 0; nt < kNT; ++nt) {
           uint32_t b[4];
-          LdMatrixX4(b, k_t + (key0 + nt * 8 + lane % 8) * kStride + ks * 16 + 8 * (lane / 8));
+          LdMatrixX4(b, k_t + (nt * 8 + lane % 8) * kStride + ks * 16 + 8 * (lane / 8));
           Mma16816<T>(s[nt], qa[ks], b[0], b[1]);
           Mma16816<T>(kSplitChains ? s_odd[nt] : s[nt], qa[ks + 1], b[2], b[3]);
         }
@@ -463,15 +485,21 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
 #pragma unroll
         for (int np = 0; np < DH / 16; ++np) {
           uint32_t b[4];
-          LdMatrixX4Trans(b, v_t + (key0 + kk * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride +
-                                 np * 16 + 8 * (lane / 16));
+          LdMatrixX4Trans(b, v_t + (kk * 16 + lane % 8 + 8 * ((lane / 8) & 1)) * kStride + np * 16 +
+                                 8 * (lane / 16));
           Mma16816<T>(o[2 * np], pa, b[0], b[1]);
           Mma16816<T>(o[2 * np + 1], pa, b[2], b[3]);
         }
       }
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
+    // The next iteration's load overwrites this stage.
+    if constexpr (WP) {
+      __syncwarp();
+    } else {
+      __syncthreads();
+    }
   }
+  if constexpr (WP) __syncthreads();  // the merge below reuses the other warps' stages
 #pragma unroll
   for (int off = 1; off <= 2; off <<= 1) {
     l_lo += __shfl_xor_sync(0xffffffffu, l_lo, off);
@@ -597,10 +625,10 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
 #endif  // GLM_ATTN_MMA_ARCH
 }
 
-template <typename T, int DH, int NW, int RW, int STAGES>
+template <typename T, int DH, int NW, int RW, int STAGES, bool WP = false>
 cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
   constexpr size_t smem = MmaSmem<DH, NW, RW, STAGES>::kBytes;
-  auto* kernel = AttentionMmaKernel<T, DH, NW, RW, STAGES>;
+  auto* kernel = AttentionMmaKernel<T, DH, NW, RW, STAGES, WP>;
   static const cudaError_t attr_err = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   if (attr_err != cudaSuccess) return attr_err;
@@ -612,6 +640,7 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
 struct DecodeShape {
   int warps = 4;
   int stages = 2;
+  bool warp_pipes = false;  // 2 warps only
 };
 
 DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count) {
@@ -622,15 +651,21 @@ DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count
   // 256 x (512/256): decode step 13.21 -> 12.82 ms and 12.76 -> 12.59 ms against 4 warps /
   // 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md v8). GLM_CUDA_ATTN_LARGE_WARPS /
   // _STAGES are benchmark switches for A/B runs.
+  // GLM_CUDA_ATTN_WARP_PIPES=1: the large shape with warp pipelines (AttentionMmaKernel's WP);
+  // GLM_CUDA_ATTN_LARGE_WARPS=1: one warp, 16-key tiles, 6 stages unless _STAGES says 4.
   static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
   static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
+  static const bool warp_pipes = PositiveEnvOr("GLM_CUDA_ATTN_WARP_PIPES", 0) == 1;
   const bool few = blocks <= sm_count;
   DecodeShape s;
   s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
-  if (s.warps != 2) s.warps = 4;
+  if (s.warps != 1 && s.warps != 2) s.warps = 4;
   const int stages = a.stages != 0 ? a.stages : (few ? 4 : large_stages);
-  if (s.warps == 2) {
+  if (s.warps == 1) {
+    s.stages = stages == 4 ? 4 : 6;
+  } else if (s.warps == 2) {
     s.stages = stages == 3 || stages == 4 ? stages : 2;
+    s.warp_pipes = a.decode_warps != 0 ? a.warp_pipes : !few && warp_pipes;
   } else {
     s.stages = stages == 4 ? 4 : 2;
   }
@@ -643,6 +678,14 @@ cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
   if (rows <= 16) {
     const int64_t blocks = int64_t{a.num_items} * a.Hkv * a.splits;
     const DecodeShape shape = PickDecodeShape(a, blocks, DeviceSmCount());
+    if (shape.warps == 1) {
+      if (shape.stages == 4) return LaunchTyped<T, DH, 1, 1, 4>(a, G, stream);
+      return LaunchTyped<T, DH, 1, 1, 6>(a, G, stream);
+    }
+    if (shape.warps == 2 && shape.warp_pipes) {
+      if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 3, true>(a, G, stream);
+      return LaunchTyped<T, DH, 2, 1, 2, true>(a, G, stream);
+    }
     if (shape.warps == 2) {
       if (shape.stages == 4) return LaunchTyped<T, DH, 2, 1, 4>(a, G, stream);
       if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 3>(a, G, stream);
