@@ -12,15 +12,13 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/step_planner.h"
+#include "tests/gpu/test_model.h"
 #include "tools/glm-mkmodel/random_checkpoint.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_backend.h"
@@ -51,27 +49,13 @@ const ModelCase kCases[] = {
 
 class ModelTest : public ::testing::TestWithParam<ModelCase> {};
 
-std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() / ("glm_gpu_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
-
 TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode) {
   GLM_REQUIRE_CUDA_DEVICE();
   const ModelCase& mc = GetParam();
-  auto cfg = PresetConfig("tiny", mc.arch);
-  ASSERT_TRUE(cfg.ok()) << cfg.status();
-  RandomCheckpointSpec spec;
-  spec.config = *cfg;
-  spec.dtype = mc.checkpoint_dtype;
-  spec.seed = 7;
-  const std::string dir = TempDir(mc.name);
-  ASSERT_TRUE(WriteRandomCheckpoint(spec, dir).ok());
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto model = testing::WriteTestModel(mc.name, "tiny", mc.arch, mc.checkpoint_dtype, 7);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = model->config;
+  const Checkpoint& ckpt = *model->ckpt;
 
   LoadOptions opts;
   opts.precision = mc.precision;
@@ -83,10 +67,10 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
   // steps on KV block 0 before any real step): it must give the lazily capturing backend's
   // logits bit for bit, real sequences on block 0 included.
   auto warm = MakeCudaBackend();
-  ASSERT_TRUE(cpu->Load(*config, **ckpt, opts).ok());
-  absl::Status load = gpu->Load(*config, **ckpt, opts);
+  ASSERT_TRUE(cpu->Load(config, ckpt, opts).ok());
+  absl::Status load = gpu->Load(config, ckpt, opts);
   ASSERT_TRUE(load.ok()) << load;
-  ASSERT_TRUE(warm->Load(*config, **ckpt, opts).ok());
+  ASSERT_TRUE(warm->Load(config, ckpt, opts).ok());
   const int bs = 16, num_blocks = 64;
   ASSERT_TRUE(cpu->AllocateKvCache(num_blocks, bs).ok());
   ASSERT_TRUE(gpu->AllocateKvCache(num_blocks, bs).ok());
@@ -96,11 +80,11 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
   EXPECT_GT(gpu->KvBlocksThatFit(bs), 0);
 
   // Sequences on a shuffled block pool (scattered blocks), chunked prefill, then decode.
-  testing::StepPlanner planner(config->vocab_size, bs, num_blocks, 99);
+  testing::StepPlanner planner(config.vocab_size, bs, num_blocks, 99);
   planner.AddSequence(40);
   planner.AddSequence(9);
 
-  const int V = static_cast<int>(config->vocab_size);
+  const int V = static_cast<int>(config.vocab_size);
   double max_diff = 0, sum_diff = 0;
   int64_t compared = 0;
   int rows_total = 0, agree = 0, steps = 0;
@@ -205,7 +189,6 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
   EXPECT_GT(mem.weights, 0);
   EXPECT_EQ(mem.kv_cache, gpu->KvBytesPerBlock(bs) * num_blocks);
   EXPECT_GE(mem.peak, mem.weights + mem.kv_cache);
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, ModelTest, ::testing::ValuesIn(kCases),
@@ -221,35 +204,28 @@ TEST(CudaBackendTest, OwnDecodeGemmMatchesCublasPath) {
   if (!cuda::WgmmaGemmAvailable()) {
     GTEST_SKIP() << "the own decode GEMM runs on sm90 GPUs only (this device or binary has no sm90a code)";
   }
-  auto cfg = PresetConfig("demo", Architecture::kGlm4);
-  ASSERT_TRUE(cfg.ok()) << cfg.status();
-  RandomCheckpointSpec spec;
-  spec.config = *cfg;
-  spec.dtype = DType::kBF16;
-  spec.seed = 11;
-  const std::string dir = TempDir("wgmma");
-  ASSERT_TRUE(WriteRandomCheckpoint(spec, dir).ok());
-  auto config = LoadModelConfig(dir);
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto model = testing::WriteTestModel("wgmma", "demo", Architecture::kGlm4, DType::kBF16, 11);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = model->config;
+  const Checkpoint& ckpt = *model->ckpt;
   LoadOptions opts;
   opts.precision = Precision::kBf16;
   opts.max_num_tokens = 2048;
   opts.max_num_seqs = 256;
   auto ref = MakeCudaBackend();
-  ASSERT_TRUE(ref->Load(*config, **ckpt, opts).ok());
+  ASSERT_TRUE(ref->Load(config, ckpt, opts).ok());
   ASSERT_EQ(setenv("GLM_CUDA_WGMMA", "2", 1), 0);
   auto own = MakeCudaBackend();
-  const absl::Status load = own->Load(*config, **ckpt, opts);
+  const absl::Status load = own->Load(config, ckpt, opts);
   unsetenv("GLM_CUDA_WGMMA");
   ASSERT_TRUE(load.ok()) << load;
   const int bs = 16, num_blocks = 512;
   ASSERT_TRUE(ref->AllocateKvCache(num_blocks, bs).ok());
   ASSERT_TRUE(own->AllocateKvCache(num_blocks, bs).ok());
 
-  const int V = static_cast<int>(config->vocab_size);
+  const int V = static_cast<int>(config.vocab_size);
   for (int n : {200, 96}) {
-    testing::StepPlanner planner(config->vocab_size, bs, num_blocks, 5 + n);
+    testing::StepPlanner planner(config.vocab_size, bs, num_blocks, 5 + n);
     for (int i = 0; i < n; ++i) planner.AddSequence(3 + i % 7);
     double max_diff = 0, sum_diff = 0;
     int64_t compared = 0;
@@ -288,29 +264,23 @@ TEST(CudaBackendTest, OwnDecodeGemmMatchesCublasPath) {
     EXPECT_LE(mean_diff, 0.02) << n << " sequences";
     EXPECT_GE(double(agree) / rows, 0.9) << n << " sequences";
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(CudaBackendTest, RejectsBadStepsWithInvalidArgument) {
   GLM_REQUIRE_CUDA_DEVICE();
-  auto cfg = PresetConfig("tiny", Architecture::kGlm4);
-  ASSERT_TRUE(cfg.ok());
-  RandomCheckpointSpec spec;
-  spec.config = *cfg;
-  const std::string dir = TempDir("bad");
-  ASSERT_TRUE(WriteRandomCheckpoint(spec, dir).ok());
-  auto config = LoadModelConfig(dir);
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto model = testing::WriteTestModel("bad", "tiny", Architecture::kGlm4);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = model->config;
+  const Checkpoint& ckpt = *model->ckpt;
   auto gpu = MakeCudaBackend();
   LoadOptions opts;
   opts.precision = Precision::kFp32;
-  ASSERT_TRUE(gpu->Load(*config, **ckpt, opts).ok());
+  ASSERT_TRUE(gpu->Load(config, ckpt, opts).ok());
   EXPECT_EQ(gpu->WarmUp(4).code(), absl::StatusCode::kFailedPrecondition);  // no KV cache yet
   ASSERT_TRUE(gpu->AllocateKvCache(8, 16).ok());
   EXPECT_EQ(gpu->WarmUp(0).code(), absl::StatusCode::kInvalidArgument);
   StepBatch batch;
-  batch.token_ids = {1, static_cast<int32_t>(config->vocab_size)};  // second id out of range
+  batch.token_ids = {1, static_cast<int32_t>(config.vocab_size)};  // second id out of range
   batch.positions = {0, 1};
   SequenceStep s;
   s.num_tokens = 2;
@@ -325,8 +295,7 @@ TEST(CudaBackendTest, RejectsBadStepsWithInvalidArgument) {
   EXPECT_EQ(gpu->Forward(batch, &logits).code(), absl::StatusCode::kInvalidArgument);
   batch.seqs[0].block_table = {7};
   EXPECT_TRUE(gpu->Forward(batch, &logits).ok());
-  EXPECT_EQ(logits.size(), static_cast<size_t>(config->vocab_size));
-  std::filesystem::remove_all(dir);
+  EXPECT_EQ(logits.size(), static_cast<size_t>(config.vocab_size));
 }
 
 }  // namespace

@@ -8,15 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
-
 #include "tests/gpu/gpu_test_util.h"
 #include "tests/gpu/step_planner.h"
+#include "tests/gpu/test_model.h"
 #include "tools/glm-mkmodel/random_checkpoint.h"
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_backend.h"
@@ -43,30 +41,15 @@ const TpCase kTpCases[] = {
 };
 
 
-std::string TempDir(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("glm_gpu_tp_test_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  return dir.string();
-}
-
 class TpNcclTest : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(TpNcclTest, Tp1ThroughNcclMatchesThePlainPath) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TpCase& tc = GetParam();
-  auto cfg = PresetConfig("tiny", tc.arch);
-  ASSERT_TRUE(cfg.ok()) << cfg.status();
-  RandomCheckpointSpec spec;
-  spec.config = *cfg;
-  spec.dtype = tc.checkpoint_dtype;
-  spec.seed = 11;
-  const std::string dir = TempDir(tc.name);
-  ASSERT_TRUE(WriteRandomCheckpoint(spec, dir).ok());
-  auto config = LoadModelConfig(dir);
-  ASSERT_TRUE(config.ok()) << config.status();
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status();
+  auto model = testing::WriteTestModel(std::string("tp_") + tc.name, "tiny", tc.arch, tc.checkpoint_dtype, 11);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = model->config;
+  const Checkpoint& ckpt = *model->ckpt;
 
   CpuCommunicatorOptions boot_options;  // one rank: the NCCL id "broadcast" is local
   auto bootstrap = CpuCommunicator::Create(boot_options);
@@ -86,9 +69,9 @@ TEST_P(TpNcclTest, Tp1ThroughNcclMatchesThePlainPath) {
   tp_opts.comm = comm->get();
   auto plain = MakeCudaBackend();
   auto tp = MakeCudaBackend();
-  absl::Status load = plain->Load(*config, **ckpt, plain_opts);
+  absl::Status load = plain->Load(config, ckpt, plain_opts);
   ASSERT_TRUE(load.ok()) << load;
-  load = tp->Load(*config, **ckpt, tp_opts);
+  load = tp->Load(config, ckpt, tp_opts);
   ASSERT_TRUE(load.ok()) << load;
   EXPECT_EQ(tp->Memory().weights, plain->Memory().weights);
   const int bs = 16, num_blocks = 64;
@@ -96,11 +79,11 @@ TEST_P(TpNcclTest, Tp1ThroughNcclMatchesThePlainPath) {
   ASSERT_TRUE(tp->AllocateKvCache(num_blocks, bs).ok());
   EXPECT_EQ(tp->KvBytesPerBlock(bs), plain->KvBytesPerBlock(bs));
 
-  testing::StepPlanner planner(config->vocab_size, bs, num_blocks, 5);
+  testing::StepPlanner planner(config.vocab_size, bs, num_blocks, 5);
   planner.AddSequence(40);
   planner.AddSequence(9);
 
-  const int V = static_cast<int>(config->vocab_size);
+  const int V = static_cast<int>(config.vocab_size);
   double max_diff = 0;
   int rows_total = 0, greedy_rows = 0;
   for (int step = 0; step < 14; ++step) {
@@ -138,7 +121,6 @@ TEST_P(TpNcclTest, Tp1ThroughNcclMatchesThePlainPath) {
               tc.name, rows_total, max_diff);
   EXPECT_GT(greedy_rows, 10);
   EXPECT_LE(max_diff, tc.max_abs_tol);
-  std::filesystem::remove_all(dir);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TpNcclTest, ::testing::ValuesIn(kTpCases),
@@ -146,26 +128,20 @@ INSTANTIATE_TEST_SUITE_P(Models, TpNcclTest, ::testing::ValuesIn(kTpCases),
 
 TEST(CudaBackendTpTest, RefusesTpWithoutAnNcclCommunicator) {
   GLM_REQUIRE_CUDA_DEVICE();
-  auto cfg = PresetConfig("tiny", Architecture::kGlm4);
-  ASSERT_TRUE(cfg.ok());
-  RandomCheckpointSpec spec;
-  spec.config = *cfg;
-  const std::string dir = TempDir("refuse");
-  ASSERT_TRUE(WriteRandomCheckpoint(spec, dir).ok());
-  auto config = LoadModelConfig(dir);
-  auto ckpt = Checkpoint::Open(dir);
-  ASSERT_TRUE(config.ok() && ckpt.ok());
+  auto model = testing::WriteTestModel("tp_refuse", "tiny", Architecture::kGlm4);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const ModelConfig& config = model->config;
+  const Checkpoint& ckpt = *model->ckpt;
   LoadOptions opts;
   opts.tp_size = 2;
-  EXPECT_EQ(MakeCudaBackend()->Load(*config, **ckpt, opts).code(),
+  EXPECT_EQ(MakeCudaBackend()->Load(config, ckpt, opts).code(),
             absl::StatusCode::kInvalidArgument);
   auto host_comm = CpuCommunicator::Create(CpuCommunicatorOptions{});
   ASSERT_TRUE(host_comm.ok());
   opts.tp_size = 1;
   opts.comm = host_comm->get();
-  absl::Status st = MakeCudaBackend()->Load(*config, **ckpt, opts);
+  absl::Status st = MakeCudaBackend()->Load(config, ckpt, opts);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << st;
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
