@@ -275,22 +275,51 @@ absl::Status LtGemmTuner::Run(cudaStream_t stream, cuda::KernelTypes types, cons
   return absl::OkStatus();
 }
 
-absl::StatusOr<float> LtGemmTuner::TimeUs(cudaStream_t stream, const std::function<cudaError_t()>& launch) {
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-  CUDA_RETURN_IF_ERROR(launch());
+absl::StatusOr<float> LtGemmTuner::MedianMs(cudaStream_t stream, const std::function<bool()>& launch,
+                                             float drop_above_ms, bool* failed) {
+  *failed = false;
   float runs[kTimedRuns];
+  int n = 0;
   for (int k = 0; k < kTimedRuns; ++k) {
     if (flush_ != nullptr) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flush_, k & 0xff, flush_bytes_, stream));
     CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k], stream));
-    CUDA_RETURN_IF_ERROR(launch());
+    if (!launch()) {
+      *failed = true;
+      (void)cudaGetLastError();  // a refused launch must not surface in the next kernel's check
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));  // surfaces a faulting kernel
+      return std::numeric_limits<float>::infinity();
+    }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k + 1], stream));
+    ++n;
+    if (k == 0) {  // one timed run first: drop clearly slower candidates early
+      CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[1]));
+      CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&runs[0], events_[0], events_[1]));
+      if (runs[0] > drop_above_ms) return std::numeric_limits<float>::infinity();
+    }
   }
-  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[2 * kTimedRuns - 1]));
-  for (int k = 0; k < kTimedRuns; ++k) {
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[2 * n - 1]));
+  for (int k = 1; k < n; ++k) {
     CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&runs[k], events_[2 * k], events_[2 * k + 1]));
   }
-  std::sort(runs, runs + kTimedRuns);
-  return runs[kTimedRuns / 2] * 1e3f;
+  std::sort(runs, runs + n);
+  return runs[n / 2];
+}
+
+absl::StatusOr<float> LtGemmTuner::TimeUs(cudaStream_t stream, const std::function<cudaError_t()>& launch) {
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+  CUDA_RETURN_IF_ERROR(launch());
+  cudaError_t err = cudaSuccess;
+  bool failed = false;
+  auto ms = MedianMs(
+      stream,
+      [&] {
+        err = launch();
+        return err == cudaSuccess;
+      },
+      std::numeric_limits<float>::infinity(), &failed);
+  if (!ms.ok()) return ms.status();
+  CUDA_RETURN_IF_ERROR(err);
+  return *ms * 1e3f;
 }
 
 absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& class_key, Entry* e,
@@ -347,38 +376,12 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
       return absl::OkStatus();
     }
     const double warm_ms = ms_since(t0);
-    float runs[kTimedRuns];
-    int n = 0;
     bool failed = false;
-    for (int k = 0; k < kTimedRuns; ++k) {
-      if (flush_ != nullptr) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flush_, k & 0xff, flush_bytes_, stream));
-      CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k], stream));
-      if (Matmul(stream, *e, c.algo, x, w, y, alpha, beta) != CUBLAS_STATUS_SUCCESS) {
-        failed = true;
-        break;
-      }
-      CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k + 1], stream));
-      ++n;
-      if (k == 0) {  // one timed run first: drop clearly slower candidates early
-        CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[1]));
-        CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&runs[0], events_[0], events_[1]));
-        if (runs[0] > kDropFactor * best_ms) break;
-      }
-    }
-    if (failed) {
-      (void)cudaGetLastError();
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));  // surfaces a faulting kernel
-    } else {
-      CUDA_RETURN_IF_ERROR(cudaEventSynchronize(events_[2 * n - 1]));
-      for (int k = 1; k < n; ++k) {
-        CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&runs[k], events_[2 * k], events_[2 * k + 1]));
-      }
-      if (n == kTimedRuns) {
-        ++timed;
-        std::sort(runs, runs + n);
-        c.ms = runs[n / 2];
-        best_ms = std::min(best_ms, c.ms);
-      }
+    auto run = [&] { return Matmul(stream, *e, c.algo, x, w, y, alpha, beta) == CUBLAS_STATUS_SUCCESS; };
+    ASSIGN_OR_RETURN(c.ms, MedianMs(stream, run, kDropFactor * best_ms, &failed));
+    if (std::isfinite(c.ms)) {
+      ++timed;
+      best_ms = std::min(best_ms, c.ms);
     }
     last_cost_ms = std::max(0.0, ms_since(t0) - warm_ms);
     spent_ms += last_cost_ms;

@@ -124,6 +124,11 @@ class LtGemmTuner {
   absl::Status Adopt(const Key& key, const cublasLtMatmulAlgo_t& algo, Entry* e) const;
   cublasStatus_t Matmul(cudaStream_t stream, const Entry& e, const cublasLtMatmulAlgo_t& algo,
                         const void* x, const void* w, void* y, const void* alpha, const void* beta) const;
+  // The timed runs of TimeUs and Tune: kTimedRuns launches, each after an L2 flush; the median in
+  // ms, or +inf when a launch fails (*failed: the stream is synchronized, the error cleared) or
+  // the first run takes over drop_above_ms (the others are not launched).
+  absl::StatusOr<float> MedianMs(cudaStream_t stream, const std::function<bool()>& launch,
+                                 float drop_above_ms, bool* failed);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
