@@ -9,9 +9,10 @@
 // Block shapes (DecodeShape): prefill 4 warps / 64-key tiles / 2 stages; decode 4 warps / 64-key
 // tiles with 4 stages for small batches (a block keeps a whole short context in flight), or for
 // large batches 2 warps / 32-key tiles with 3 stages (less shared memory a block: more blocks per
-// SM, so a large batch fits one wave; 2 and 4 stages, and 4 warps / 2 stages, for A/B runs). With
-// PDL the block reads the step tables and starts loading the K/V cached by earlier steps before it
-// waits for the QKV kernel (which writes Q and the new tokens' K/V).
+// SM, so a large batch fits one wave; 2 and 4 stages, and 4 warps / 2 stages, for A/B runs), each
+// warp copying and waiting for its own 16 keys of a tile (warp pipelines: no block barrier
+// between tiles). With PDL the block reads the step tables and starts loading the K/V cached by
+// earlier steps before it waits for the QKV kernel (which writes Q and the new tokens' K/V).
 //
 // Flash-decoding: with split_counters, a decode item's split count adapts to its context (at
 // least min_tiles_per_split tiles a split, so a short context is one block) and the last split
@@ -184,16 +185,14 @@ __device__ void CombineSplits(const AttentionArgs& a, const AttentionItem& it, i
   }
 }
 
-// Waits until at most n (0..5) cp.async groups are pending.
+// Waits until at most n (0..3) cp.async groups are pending.
 __device__ __forceinline__ void CpAsyncWaitAtMost(int n) {
 #if defined(GLM_ATTN_MMA_ARCH)
   switch (n) {
     case 0: CpAsyncWait<0>(); break;
     case 1: CpAsyncWait<1>(); break;
     case 2: CpAsyncWait<2>(); break;
-    case 3: CpAsyncWait<3>(); break;
-    case 4: CpAsyncWait<4>(); break;
-    default: CpAsyncWait<5>(); break;
+    default: CpAsyncWait<3>(); break;
   }
 #endif
 }
@@ -225,7 +224,7 @@ __global__ void __launch_bounds__(32 * NW, RW > 1 ? 3 : 1) AttentionMmaKernel(At
   constexpr int kKS = DH / 16;           // k-steps of Q K^T
   constexpr int kStride = Smem::kStride;
   static_assert(NW % RW == 0, "block shape");
-  static_assert(STAGES >= 2 && STAGES <= 6, "stages");
+  static_assert(STAGES >= 2 && STAGES <= 4, "stages");
   static_assert(!WP || RW == 1, "warp pipelines are a decode shape");
   constexpr int kVecs = DH / 8;          // 16-byte vectors per row
   constexpr float kLog2e = 1.4426950408889634f;
@@ -651,19 +650,18 @@ DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count
   // 256 x (512/256): decode step 13.21 -> 12.82 ms and 12.76 -> 12.59 ms against 4 warps /
   // 2 stages in two A/B runs, docs/PERFORMANCE-cuda-notes.md v8). GLM_CUDA_ATTN_LARGE_WARPS /
   // _STAGES are benchmark switches for A/B runs.
-  // GLM_CUDA_ATTN_WARP_PIPES=1: the large shape with warp pipelines (AttentionMmaKernel's WP);
-  // GLM_CUDA_ATTN_LARGE_WARPS=1: one warp, 16-key tiles, 6 stages unless _STAGES says 4.
+  // The large shape runs warp pipelines (AttentionMmaKernel's WP; H100, 256 x (512/256): decode
+  // step 12.77 -> 12.45 ms, docs/PERFORMANCE-cuda-notes.md v19); GLM_CUDA_ATTN_WARP_PIPES=0
+  // turns them off for A/B runs.
   static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
   static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
-  static const bool warp_pipes = PositiveEnvOr("GLM_CUDA_ATTN_WARP_PIPES", 0) == 1;
+  static const bool warp_pipes = EnvSwitchOn("GLM_CUDA_ATTN_WARP_PIPES");
   const bool few = blocks <= sm_count;
   DecodeShape s;
   s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
-  if (s.warps != 1 && s.warps != 2) s.warps = 4;
+  if (s.warps != 2) s.warps = 4;
   const int stages = a.stages != 0 ? a.stages : (few ? 4 : large_stages);
-  if (s.warps == 1) {
-    s.stages = stages == 4 ? 4 : 6;
-  } else if (s.warps == 2) {
+  if (s.warps == 2) {
     s.stages = stages == 3 || stages == 4 ? stages : 2;
     s.warp_pipes = a.decode_warps != 0 ? a.warp_pipes : !few && warp_pipes;
   } else {
@@ -678,11 +676,8 @@ cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
   if (rows <= 16) {
     const int64_t blocks = int64_t{a.num_items} * a.Hkv * a.splits;
     const DecodeShape shape = PickDecodeShape(a, blocks, DeviceSmCount());
-    if (shape.warps == 1) {
-      if (shape.stages == 4) return LaunchTyped<T, DH, 1, 1, 4>(a, G, stream);
-      return LaunchTyped<T, DH, 1, 1, 6>(a, G, stream);
-    }
     if (shape.warps == 2 && shape.warp_pipes) {
+      if (shape.stages == 4) return LaunchTyped<T, DH, 2, 1, 4, true>(a, G, stream);
       if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 3, true>(a, G, stream);
       return LaunchTyped<T, DH, 2, 1, 2, true>(a, G, stream);
     }
