@@ -282,7 +282,9 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
                                       {2, 4, false, "2 warps / 32-key tiles, 4 stages"},
                                       {2, 2, true, "2 warp pipelines, 2 stages"},
                                       {2, 3, true, "2 warp pipelines, 3 stages"},
-                                      {2, 4, true, "2 warp pipelines, 4 stages"}};
+                                      {2, 4, true, "2 warp pipelines, 4 stages"},
+                                      {4, 2, true, "4 warp pipelines, 2 stages"},
+                                      {4, 4, true, "4 warp pipelines, 4 stages"}};
   const int runs = 3 + static_cast<int>(shapes.size());
   std::vector<float> fused;
   std::vector<std::vector<float>> forced;

@@ -639,7 +639,7 @@ cudaError_t LaunchTyped(const AttentionArgs& a, int G, cudaStream_t stream) {
 struct DecodeShape {
   int warps = 4;
   int stages = 2;
-  bool warp_pipes = false;  // 2 warps only
+  bool warp_pipes = false;
 };
 
 DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count) {
@@ -656,6 +656,8 @@ DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count
   static const int large_warps = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_WARPS", 2);
   static const int large_stages = PositiveEnvOr("GLM_CUDA_ATTN_LARGE_STAGES", 3);
   static const bool warp_pipes = EnvSwitchOn("GLM_CUDA_ATTN_WARP_PIPES");
+  // GLM_CUDA_ATTN_SMALL_WARP_PIPES=1: the 4-warp shape with warp pipelines too (an A/B switch).
+  static const bool small_warp_pipes = PositiveEnvOr("GLM_CUDA_ATTN_SMALL_WARP_PIPES", 0) == 1;
   const bool few = blocks <= sm_count;
   DecodeShape s;
   s.warps = a.decode_warps != 0 ? a.decode_warps : (few ? 4 : large_warps);
@@ -666,6 +668,7 @@ DecodeShape PickDecodeShape(const AttentionArgs& a, int64_t blocks, int sm_count
     s.warp_pipes = a.decode_warps != 0 ? a.warp_pipes : !few && warp_pipes;
   } else {
     s.stages = stages == 4 ? 4 : 2;
+    s.warp_pipes = a.decode_warps != 0 ? a.warp_pipes : small_warp_pipes;
   }
   return s;
 }
@@ -685,6 +688,10 @@ cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
       if (shape.stages == 4) return LaunchTyped<T, DH, 2, 1, 4>(a, G, stream);
       if (shape.stages == 3) return LaunchTyped<T, DH, 2, 1, 3>(a, G, stream);
       return LaunchTyped<T, DH, 2, 1, 2>(a, G, stream);
+    }
+    if (shape.warp_pipes) {
+      if (shape.stages == 4) return LaunchTyped<T, DH, 4, 1, 4, true>(a, G, stream);
+      return LaunchTyped<T, DH, 4, 1, 2, true>(a, G, stream);
     }
     if (shape.stages == 4) return LaunchTyped<T, DH, 4, 1, 4>(a, G, stream);
     return LaunchTyped<T, DH, 4, 1, 2>(a, G, stream);

@@ -91,8 +91,8 @@ struct AttentionArgs {
   int min_tiles_per_split = 4;
   // Block shape of the tensor-core decode kernel (attention_mma.cu's PickDecodeShape): warps 0
   // picks; 2 (32-key tiles) or 4 (64-key) force it. Pipeline depth: 0 picks; 2, 3, 4 (2 warps)
-  // or 2, 4 (4 warps) force it; with decode_warps set, warp_pipes (2 warps) gives
-  // each warp its own ring of stages. Tests force them; production leaves them 0.
+  // or 2, 4 (4 warps) force it; with decode_warps set, warp_pipes gives each warp its own ring
+  // of stages. Tests force them; production leaves them 0.
   int decode_warps = 0;
   int stages = 0;
   bool warp_pipes = false;
