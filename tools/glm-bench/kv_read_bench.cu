@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "worker/backend/cuda/cp_async.cuh"
+
 namespace {
 
 #define CHECK(x)                                                                       \
@@ -46,32 +48,17 @@ struct Shape {
   int pages_per_seq() const { return (ctx + kBs - 1) / kBs; }
 };
 
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-// sm80+: cp.async; below (a V100 build) a plain load and store, so the tool still compiles there.
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+// cp.async (sm80+); a build for older GPUs compiles the kernel as a trap (main checks the device).
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(SmemAddr(dst)), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#else
-  *static_cast<int4*>(dst) = valid ? *static_cast<const int4*>(src) : make_int4(0, 0, 0, 0);
+#define GLM_KV_BENCH_ARCH 1
+using glm::cuda::CpAsync16;
+using glm::cuda::CpAsyncCommit;
+using glm::cuda::CpAsyncWait;
 #endif
-}
-__device__ __forceinline__ void CpAsyncCommit() {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
+
 template <int N>
 __device__ __forceinline__ void WaitAtMost(int n) {
+#if defined(GLM_KV_BENCH_ARCH)
   if constexpr (N >= 0) {
     if (n >= N) {
       CpAsyncWait<N>();
@@ -79,6 +66,7 @@ __device__ __forceinline__ void WaitAtMost(int n) {
     }
     WaitAtMost<N - 1>(n);
   }
+#endif
 }
 
 // Block (seq, head group): HPB heads, TILE keys a tile, STAGES stages, NT threads.
@@ -87,6 +75,9 @@ __global__ void __launch_bounds__(NT) PagedRead(const uint16_t* __restrict__ kc,
                                                 const uint16_t* __restrict__ vc,
                                                 const int32_t* __restrict__ tables, int pages_per_seq,
                                                 int ctx, int hkv, unsigned* sink) {
+#if !defined(GLM_KV_BENCH_ARCH)
+  __trap();
+#else
   constexpr int kStride = HPB * kDh + 8;  // 16-bit elements, padded like the attention's tiles
   constexpr int kVecs = HPB * kDh / 8;    // 16-byte vectors a key row
   static_assert(NT % kVecs == 0 && (TILE * kVecs) % NT == 0, "copy map");
@@ -136,6 +127,7 @@ __global__ void __launch_bounds__(NT) PagedRead(const uint16_t* __restrict__ kc,
     __syncthreads();
   }
   if (acc == 0x9e3779b9u) sink[0] = acc;  // keeps the reads; practically never taken
+#endif
 }
 
 // The ceiling: the same bytes read front to back with 16-byte loads.
@@ -226,6 +218,10 @@ int main(int argc, char** argv) {
   int dev = 0;
   cudaDeviceProp prop{};
   CHECK(cudaGetDeviceProperties(&prop, dev));
+  if (prop.major < 8) {
+    std::fprintf(stderr, "%s: cp.async needs sm80 or newer; this is sm%d%d\n", prop.name, prop.major, prop.minor);
+    return 1;
+  }
   std::printf("%s, %d SMs; %d sequences x %d keys x %d KV heads, Dh %d, block size %d: %.1f MB of K/V a layer\n",
               prop.name, prop.multiProcessorCount, s.seqs, s.ctx, s.hkv, kDh, kBs,
               double(s.seqs) * s.hkv * s.ctx * kDh * 4 / 1e6);
