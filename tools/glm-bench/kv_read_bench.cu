@@ -170,44 +170,46 @@ struct Buffers {
   int layers = 0;
 };
 
+// Microseconds one launch_layer(l) takes: reps launches rotating over the buffers' layers (each
+// reads bytes not in L2), after one untimed launch a layer.
+template <typename F>
+double LayerRotatedUs(const Buffers& b, int reps, F launch_layer) {
+  for (int l = 0; l < b.layers; ++l) launch_layer(l);
+  CHECK(cudaGetLastError());
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  CHECK(cudaEventRecord(e0));
+  for (int r = 0; r < reps; ++r) launch_layer(r % b.layers);
+  CHECK(cudaEventRecord(e1));
+  CHECK(cudaEventSynchronize(e1));
+  float ms = 0.f;
+  CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  CHECK(cudaEventDestroy(e0));
+  CHECK(cudaEventDestroy(e1));
+  return ms * 1e3 / reps;
+}
+
 template <int NT, int TILE, int STAGES, int HPB, bool kHeadMajor>
-double TimePaged(const Shape& s, const Buffers& b, const int32_t* d_tables, unsigned* sink, int reps) {
+void TimePaged(const Shape& s, const Buffers& b, const int32_t* d_tables, unsigned* sink, int reps) {
   constexpr int kStride = HPB * kDh + 8;
   const size_t smem = size_t{STAGES} * 2 * TILE * kStride * 2;
   auto* kernel = PagedRead<NT, TILE, STAGES, HPB, kHeadMajor>;
   CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(s.seqs, s.hkv / HPB);
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  for (int l = 0; l < b.layers; ++l) {  // warm-up
+  const double us = LayerRotatedUs(b, reps, [&](int l) {
     kernel<<<grid, NT, smem>>>(b.k + l * b.layer_elems, b.v + l * b.layer_elems, d_tables, s.pages_per_seq(), s.ctx,
                                s.hkv, sink);
-  }
-  CHECK(cudaGetLastError());
-  CHECK(cudaEventRecord(e0));
-  for (int r = 0; r < reps; ++r) {
-    const int l = r % b.layers;  // rotate "layers": each launch reads bytes not in L2
-    kernel<<<grid, NT, smem>>>(b.k + l * b.layer_elems, b.v + l * b.layer_elems, d_tables, s.pages_per_seq(), s.ctx,
-                               s.hkv, sink);
-  }
-  CHECK(cudaEventRecord(e1));
-  CHECK(cudaEventSynchronize(e1));
-  float ms = 0.f;
-  CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  });
   int blocks_per_sm = 0;
   CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks_per_sm, kernel, NT, smem));
   const double bytes = double(s.seqs) * s.hkv * s.ctx * kDh * 2 * 2;
-  const double us = ms * 1e3 / reps;
   // Bytes an SM keeps in flight: STAGES - 1 tiles of K and V a resident block.
   const double in_flight_kb = double(blocks_per_sm) * (STAGES - 1) * 2 * TILE * HPB * kDh * 2 / 1024;
   std::printf("  %-10s HPB %d, %3d thr, %2d-key tiles, %d stages: %3zu KB smem, %d blocks/SM, %3.0f KB in flight/SM:"
               " %6.1f us, %5.0f GB/s\n",
               kHeadMajor ? "head-major" : "slot-major", HPB, NT, TILE, STAGES, smem / 1024, blocks_per_sm,
               in_flight_kb, us, bytes / us * 1e-3);
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  return us;
 }
 
 }  // namespace
@@ -260,22 +262,11 @@ int main(int argc, char** argv) {
     if (!shuffled) {
       // The ceiling: one layer's K and V bytes (what the paged reads touch), streamed.
       const int64_t n = b.layer_elems * 2 / 16;  // int4s of K
-      cudaEvent_t e0, e1;
-      CHECK(cudaEventCreate(&e0));
-      CHECK(cudaEventCreate(&e1));
       const int grid = prop.multiProcessorCount * 8;
-      StreamRead<<<grid, 256>>>(reinterpret_cast<const int4*>(b.k), n, sink);
-      CHECK(cudaEventRecord(e0));
-      for (int r = 0; r < kReps; ++r) {
-        const int l = r % b.layers;
+      const double us = LayerRotatedUs(b, kReps, [&](int l) {
         StreamRead<<<grid, 256>>>(reinterpret_cast<const int4*>(b.k + l * b.layer_elems), n, sink);
         StreamRead<<<grid, 256>>>(reinterpret_cast<const int4*>(b.v + l * b.layer_elems), n, sink);
-      }
-      CHECK(cudaEventRecord(e1));
-      CHECK(cudaEventSynchronize(e1));
-      float ms = 0.f;
-      CHECK(cudaEventElapsedTime(&ms, e0, e1));
-      const double us = ms * 1e3 / kReps;
+      });
       std::printf("  streamed (K then V, 16-byte loads): %6.1f us, %6.0f GB/s\n", us,
                   double(b.layer_elems) * 4 / us * 1e-3);
     }
