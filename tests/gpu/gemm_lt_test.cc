@@ -1,6 +1,7 @@
 // LtGemmTuner (worker/backend/cuda/gemm_lt.h) against the backend's cublasGemmEx formulation of
 // the same GEMM (row-major y[M, N] = alpha * x[M, K] . w[N, K]^T) and a CPU reference on a few rows:
-// every type case, decode-sized shapes, algorithm reuse per key and per M class, the untimed path
+// every type case, decode-sized shapes, algorithm reuse per key and per M class, the wide search
+// (phase 3), the untimed path
 // while a CUDA graph is being captured, and the documented refusals (M outside [5, 512]).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -158,6 +159,16 @@ TEST_P(LtGemmTest, MatchesCublasGemmExAndReusesTheAlgorithm) {
   CheckShape(96, 4608, 4096, 2, /*expect_timing=*/true);
   if (HasFatalFailure()) return;
   CheckShape(256, 1000, 320, 3, /*expect_timing=*/true);
+}
+
+// Phase 3 (the wide search): the configurations it times are real candidates (some finish their
+// timed runs), and whatever wins still computes the GEMM.
+TEST_P(LtGemmTest, WideSearchMatchesCublasGemmEx) {
+  tuner_->set_wide_search(true);
+  CheckShape(64, 4608, 4096, 11, /*expect_timing=*/true);
+  if (HasFatalFailure()) return;
+  EXPECT_GT(tuner_->wide_timed(), 0) << "phase 3 timed no configuration to the end";
+  CheckShape(256, 1000, 320, 12, /*expect_timing=*/true);
 }
 
 // Every M of a class (power of two >= 8) reuses the class's timed algorithm; the next class tunes.

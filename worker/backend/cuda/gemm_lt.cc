@@ -28,6 +28,11 @@ constexpr double kTuneBudgetMs = 20.0;     // timing per key (less first-use ker
 constexpr double kTuneHardCapMs = 100.0;   // the whole key, loads included (at least 5x the budget)
 constexpr int32_t kSplits[] = {2, 3, 4, 6, 8};  // split-K variants tried
 constexpr int kMinSplitK = 256;            // K per split at least
+// Cluster shapes phase 3 tries (sm90 algorithms; others refuse all but AUTO in AlgoCheck).
+constexpr uint16_t kClusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
+                                  CUBLASLT_CLUSTER_SHAPE_2x1x1, CUBLASLT_CLUSTER_SHAPE_1x2x1,
+                                  CUBLASLT_CLUSTER_SHAPE_4x1x1, CUBLASLT_CLUSTER_SHAPE_1x4x1,
+                                  CUBLASLT_CLUSTER_SHAPE_2x2x1};
 constexpr float kDropFactor = 1.5f;     // one timed run this much slower than the best: dropped
 constexpr float kKeepFirstWithin = 0.01f;  // heuristic-first wins ties within 1%
 
@@ -70,6 +75,39 @@ std::string Describe(const cublasLtMatmulAlgo_t& a) {
                          tile, stages, split, reduction, swizzle, custom, cluster);
 }
 
+template <typename V>
+V AlgoConfig(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t attr) {
+  V v{};
+  size_t n = 0;
+  cublasLtMatmulAlgoConfigGetAttribute(&a, attr, &v, sizeof(v), &n);
+  return v;
+}
+template <typename V>
+V AlgoCap(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t attr) {
+  V v{};
+  size_t n = 0;
+  cublasLtMatmulAlgoCapGetAttribute(&a, attr, &v, sizeof(v), &n);
+  return v;
+}
+// A capability that is a list of uint32 ids (tile or stage ids); empty when the algorithm has none.
+std::vector<uint32_t> AlgoCapList(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoCapAttributes_t attr) {
+  size_t bytes = 0;
+  if (cublasLtMatmulAlgoCapGetAttribute(&a, attr, nullptr, 0, &bytes) != CUBLAS_STATUS_SUCCESS) return {};
+  std::vector<uint32_t> ids(bytes / sizeof(uint32_t));
+  if (ids.empty() ||
+      cublasLtMatmulAlgoCapGetAttribute(&a, attr, ids.data(), ids.size() * sizeof(uint32_t), &bytes) !=
+          CUBLAS_STATUS_SUCCESS) {
+    return {};
+  }
+  return ids;
+}
+
+// Phase 3's time budget a key (GLM_CUDA_LT_WIDE_BUDGET_MS).
+double WideBudgetMs() {
+  static const double ms = cuda::PositiveEnvOr("GLM_CUDA_LT_WIDE_BUDGET_MS", 500);
+  return ms;
+}
+
 std::string KeyString(int M, int N, int K, DType act, DType weight, bool alpha_dev) {
   return absl::StrFormat("M=%d N=%d K=%d %s.%s->%s alpha=%s", M, N, K, DTypeName(weight),
                          DTypeName(weight), DTypeName(act), alpha_dev ? "device" : "host");
@@ -90,6 +128,8 @@ int LtGemmTuner::MaxM() {
 
 bool LtGemmTuner::EnabledByEnv() { return cuda::EnvSwitchOn("GLM_CUDA_LT_TUNE"); }
 
+bool LtGemmTuner::WideSearchByEnv() { return cuda::PositiveEnvOr("GLM_CUDA_LT_WIDE", 0) > 0; }
+
 absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace, size_t workspace_bytes,
                                                                  bool share_choices) {
   if (workspace == nullptr && workspace_bytes > 0) {
@@ -99,6 +139,7 @@ absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace
   t->workspace_ = workspace;
   t->workspace_bytes_ = workspace_bytes;
   t->share_ = share_choices;
+  t->wide_ = WideSearchByEnv();
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&t->device_));
   CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&t->handle_));
   CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&t->dev_zero_), 16));
@@ -441,6 +482,115 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
     if (over_budget()) break;
     RETURN_IF_ERROR(time_candidate(cands[i]));
   }
+  const size_t num_narrow = cands.size();
+  if (wide_) {
+    // Phase 3 (GLM_CUDA_LT_WIDE=1): the configuration space around the fastest algorithms so far,
+    // which the heuristic's 16 answers sample only thinly. Widened budget for this phase.
+    const Clock::time_point wide_start = Clock::now();
+    std::vector<cublasLtMatmulAlgo_t> seen;
+    for (const Candidate& c : cands) seen.push_back(c.algo);
+    auto add = [&](const cublasLtMatmulAlgo_t& algo, const std::string& name) {
+      for (const cublasLtMatmulAlgo_t& s : seen) {
+        if (std::memcmp(&s, &algo, sizeof(algo)) == 0) return false;
+      }
+      cublasLtMatmulHeuristicResult_t check{};
+      cublasLtMatmulAlgo_t a = algo;
+      if (cublasLtMatmulAlgoCheck(handle_, e->op, e->a, e->b, e->d, e->d, &a, &check) != CUBLAS_STATUS_SUCCESS ||
+          check.state != CUBLAS_STATUS_SUCCESS || check.workspaceSize > workspace_bytes_) {
+        return false;
+      }
+      seen.push_back(algo);
+      cands.push_back({algo, name});
+      return true;
+    };
+    auto wide_over = [&] { return ms_since(wide_start) > WideBudgetMs(); };
+    auto time_from = [&](size_t from) -> absl::Status {
+      for (size_t i = from; i < cands.size() && !wide_over(); ++i) RETURN_IF_ERROR(time_candidate(cands[i]));
+      return absl::OkStatus();
+    };
+    auto fastest = [&](size_t n, bool distinct_ids) {
+      std::vector<size_t> idx;
+      for (size_t i = 0; i < cands.size(); ++i) {
+        if (std::isfinite(cands[i].ms)) idx.push_back(i);
+      }
+      std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return cands[a].ms < cands[b].ms; });
+      std::vector<size_t> out;
+      std::vector<int32_t> ids;
+      for (size_t i : idx) {
+        const int32_t id = AlgoConfig<int32_t>(cands[i].algo, CUBLASLT_ALGO_CONFIG_ID);
+        if (distinct_ids && std::find(ids.begin(), ids.end(), id) != ids.end()) continue;
+        ids.push_back(id);
+        out.push_back(i);
+        if (out.size() == n) break;
+      }
+      return out;
+    };
+    // 3a: tile x stages x cluster shape of the fastest candidate of each of the 3 fastest ids.
+    const size_t a_from = cands.size();
+    for (size_t base : fastest(3, true)) {
+      const cublasLtMatmulAlgo_t algo = cands[base].algo;
+      const std::vector<uint32_t> tiles = AlgoCapList(algo, CUBLASLT_ALGO_CAP_TILE_IDS);
+      std::vector<uint32_t> stages = AlgoCapList(algo, CUBLASLT_ALGO_CAP_STAGES_IDS);
+      if (stages.empty()) stages.push_back(AlgoConfig<uint32_t>(algo, CUBLASLT_ALGO_CONFIG_STAGES_ID));
+      for (uint32_t tile : tiles) {
+        for (uint32_t stage : stages) {
+          for (uint16_t cluster : kClusters) {
+            cublasLtMatmulAlgo_t v = algo;
+            if (cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile)) !=
+                    CUBLAS_STATUS_SUCCESS ||
+                cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stage, sizeof(stage)) !=
+                    CUBLAS_STATUS_SUCCESS ||
+                cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster,
+                                                     sizeof(cluster)) != CUBLAS_STATUS_SUCCESS) {
+              continue;
+            }
+            add(v, absl::StrFormat("%s / tile %u stages %u cluster %u", cands[base].name, tile, stage, cluster));
+          }
+        }
+      }
+    }
+    RETURN_IF_ERROR(time_from(a_from));
+    // 3b: split-K, CTA swizzle and custom options of the 3 fastest configurations now.
+    const size_t b_from = cands.size();
+    for (size_t base : fastest(3, false)) {
+      const cublasLtMatmulAlgo_t algo = cands[base].algo;
+      const int32_t split_support = AlgoCap<int32_t>(algo, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT);
+      const uint32_t reduction_mask = AlgoCap<uint32_t>(algo, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK);
+      const uint32_t swizzle_max = AlgoCap<uint32_t>(algo, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT) ? 1 : 0;
+      const int32_t custom_max = std::min(AlgoCap<int32_t>(algo, CUBLASLT_ALGO_CAP_CUSTOM_OPTION_MAX), 7);
+      std::vector<std::pair<int32_t, uint32_t>> splits = {{1, CUBLASLT_REDUCTION_SCHEME_NONE}};
+      if (split_support) {
+        for (int32_t s : kSplits) {
+          if (K / s < kMinSplitK) break;
+          // fp32 partials only, as phase 2: in place (atomics) is not deterministic, partials in the
+          // output type round every split's sum.
+          if (reduction_mask & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) {
+            splits.emplace_back(s, CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE);
+          }
+        }
+      }
+      for (const auto& [s, scheme] : splits) {
+        for (uint32_t swizzle = 0; swizzle <= swizzle_max; ++swizzle) {
+          for (uint32_t custom = 0; custom <= static_cast<uint32_t>(std::max(custom_max, 0)); ++custom) {
+            cublasLtMatmulAlgo_t v = algo;
+            if (cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &s, sizeof(s)) !=
+                    CUBLAS_STATUS_SUCCESS ||
+                cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &scheme,
+                                                     sizeof(scheme)) != CUBLAS_STATUS_SUCCESS ||
+                cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle,
+                                                     sizeof(swizzle)) != CUBLAS_STATUS_SUCCESS ||
+                cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom,
+                                                     sizeof(custom)) != CUBLAS_STATUS_SUCCESS) {
+              continue;
+            }
+            add(v, absl::StrFormat("%s / split %d reduction %u swizzle %u custom %u", cands[base].name, s, scheme,
+                                   swizzle, custom));
+          }
+        }
+      }
+    }
+    RETURN_IF_ERROR(time_from(b_from));
+  }
 
   int best = -1, first = -1;
   for (size_t i = 0; i < cands.size(); ++i) {
@@ -464,6 +614,7 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
   }
   class_algos_[class_key] = algo;
   ++timed_keys_;
+  for (size_t i = num_narrow; i < cands.size(); ++i) wide_timed_ += std::isfinite(cands[i].ms) ? 1 : 0;
   if (std::memcmp(&algo, &cands[best].algo, sizeof(algo)) == 0) {
     e->algo = algo;
     e->have_algo = e->final = true;
@@ -472,10 +623,11 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
   }
   GLM_LOG(INFO) << absl::StrFormat(
       "cublasLt tuned %s (M class %d): %s %.1f us vs heuristic-first %.1f us (%.1f%% faster); "
-      "%d of %d candidates timed (%d split-K), tuning %.1f ms",
+      "%d of %d candidates timed (%d split-K, %d wide), tuning %.1f ms%s",
       what, std::get<0>(class_key), cands[best].name, cands[best].ms * 1e3f, cands[first].ms * 1e3f,
       100.0 * (cands[first].ms - cands[best].ms) / cands[first].ms, timed, static_cast<int>(cands.size()),
-      static_cast<int>(cands.size() - num_heuristic), ms_since(start));
+      static_cast<int>(num_narrow - num_heuristic), static_cast<int>(cands.size() - num_narrow), ms_since(start),
+      cands.size() > num_narrow ? " (" + Describe(cands[best].algo) + ")" : std::string());
   return absl::OkStatus();
 }
 

@@ -88,6 +88,17 @@ class LtGemmTuner {
   // stream; not while capturing. For the backend's own kernels against Run's choice.
   absl::StatusOr<float> TimeUs(cudaStream_t stream, const std::function<cudaError_t()>& launch);
 
+  // Phase 3 of tuning (off by default; GLM_CUDA_LT_WIDE=1 turns it on for new tuners): after the
+  // heuristic's candidates and their split-K variants, the configurations around the fastest ones
+  // (every tile and stage count the algorithm lists x cluster shapes 1x1..2x2 for the three
+  // fastest algorithm ids, then split-K with fp32 partials, CTA swizzle and custom options of the
+  // three fastest configurations), each validated with cublasLtMatmulAlgoCheck, timed like the
+  // others within GLM_CUDA_LT_WIDE_BUDGET_MS (default 500) a key.
+  static bool WideSearchByEnv();
+  void set_wide_search(bool on) { wide_ = on; }
+  // Phase-3 configurations timed to the end (not dropped) over every key this tuner timed.
+  int wide_timed() const { return wide_timed_; }
+
   // Class keys with a timed algorithm in this tuner (timed here or taken from the process-wide
   // table).
   int tuned_keys() const { return static_cast<int>(class_algos_.size()); }
@@ -143,6 +154,8 @@ class LtGemmTuner {
   std::map<Key, Entry> entries_;                     // exact shapes
   std::map<Key, cublasLtMatmulAlgo_t> class_algos_;  // timed choices
   int timed_keys_ = 0;
+  bool wide_ = false;
+  int wide_timed_ = 0;
 };
 
 }  // namespace glm
