@@ -933,14 +933,15 @@ absl::StatusOr<cuda::WgmmaPlan> CudaBackend::WgmmaChoice(const void* x, const vo
 }
 
 absl::Status CudaBackend::Phase(const char* name, const std::function<absl::Status()>& fn) {
-  // GLM_CUDA_DEBUG_SKIP=phase[,phase...]: phases not run at all (wrong results, fast): what a
+  // GLM_CUDA_DEBUG_SKIP=phase[,phase...] (or ':' between them, which device_run.sh's ab-VAR=V
+  // lists leave alone): phases not run at all (wrong results, fast): what a
   // phase costs inside the decode graphs, where per-phase events cannot be placed. Benchmarks
   // of the cost attribution only; logged loudly at load.
   static const std::vector<std::string> skip = [] {
     const char* env = std::getenv("GLM_CUDA_DEBUG_SKIP");
     if (env == nullptr) return std::vector<std::string>();
     GLM_LOG(WARNING) << "GLM_CUDA_DEBUG_SKIP=" << env << ": those phases are skipped, results are wrong";
-    return std::vector<std::string>(absl::StrSplit(env, ',', absl::SkipEmpty()));
+    return std::vector<std::string>(absl::StrSplit(env, absl::ByAnyChar(",:"), absl::SkipEmpty()));
   }();
   if (!skip.empty() && std::find(skip.begin(), skip.end(), name) != skip.end()) return absl::OkStatus();
   if (!profiling_) return fn();
