@@ -15,7 +15,9 @@
 // runs, median; a candidate whose first timed run is 1.5x the best so far is dropped; about 20 ms
 // of timing per class, first-use kernel loads aside, 100 ms at most), keeps the fastest (the
 // heuristic's first wins ties within 1%) and logs one INFO line (GLM_LOG_LEVEL=debug: one line
-// per candidate). Every exact M of the
+// per candidate). An opt-in third phase (set_wide_search, GLM_CUDA_LT_WIDE=1) also times the
+// configuration space around the fastest candidates (measured neutral end to end on an H100:
+// docs/PERFORMANCE-cuda-notes.md v20). Every exact M of the
 // class then reuses that algorithm (validated with cublasLtMatmulAlgoCheck for the exact shape,
 // else heuristic candidate 0), so arbitrary mixed-step sizes cost no more tuning.
 // While the stream is capturing a CUDA graph nothing is timed: an untuned class runs heuristic
