@@ -10,6 +10,7 @@
 #     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
 #     the offline run's 8,192-token steps) [wgmma] (the own sm90a GEMM: its tests, timing
 #     sweep and Nsight Compute) [kvread] (K/V cache read patterns, glm-kv-read-bench)
+#     [nsys-256] (per-kernel durations and launch gaps inside the decode graphs, Nsight Systems)
 #     [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline throughput with glm-bench sampling flags,
 #     e.g. sample-temperature=1,top_k=50)
 set -u
@@ -158,6 +159,24 @@ for what in "$@"; do
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"
       grep -E "$ncu_lines|Executed Ipc|bank_conflicts|inst_executed.sum|hmma|Pipe|$ncu_stalls" "$OUT/ncu_prefill_attn.txt" | head -100 ;;
+    nsys-256)
+      # Nsight Systems on a short offline run (256 x 512 in, 32 out), kernels inside the CUDA
+      # graphs traced one by one: every kernel's duration and the idle gap before it, grouped by
+      # kernel and grid (tools/glm-bench/nsys_kernels.py), so the 256-wide decode step's kernels
+      # are timed where they run, without GLM_CUDA_DEBUG_SKIP's stale-data confound.
+      nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+      if [ -z "$nsys" ]; then
+        echo "nsys-256: no nsys on this machine"
+        continue
+      fi
+      timeout 300 "$nsys" profile --trace cuda --cuda-graph-trace node --force-overwrite true \
+        --output /tmp/glm-nsys $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b \
+        --backend cuda --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 \
+        --output_len 32 >"$OUT/nsys.log" 2>&1
+      echo "nsys-256: rc=$?"
+      "$nsys" stats --report cuda_gpu_trace --format csv --output - /tmp/glm-nsys.nsys-rep \
+        >/tmp/glm-nsys-trace.csv 2>>"$OUT/nsys.log"
+      python3 tools/glm-bench/nsys_kernels.py /tmp/glm-nsys-trace.csv --top 60 | tee "$OUT/nsys_kernels.txt" ;;
     kvread)
       # Read patterns of the paged K/V cache at the 256-wide decode, without the attention's
       # math (glm-kv-read-bench): the cache layout and the copy pipeline against a plain stream.
