@@ -1,7 +1,7 @@
 // LtGemmTuner (worker/backend/cuda/gemm_lt.h) against the backend's cublasGemmEx formulation of
 // the same GEMM (row-major y[M, N] = alpha * x[M, K] . w[N, K]^T) and a CPU reference on a few rows:
 // every type case, decode-sized shapes, algorithm reuse per key and per M class, the wide search
-// (phase 3), the untimed path
+// (phase 3), the read-only L2 flush, the untimed path
 // while a CUDA graph is being captured, and the documented refusals (M outside [5, 512]).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -169,6 +169,15 @@ TEST_P(LtGemmTest, WideSearchMatchesCublasGemmEx) {
   if (HasFatalFailure()) return;
   EXPECT_GT(tuner_->wide_timed(), 0) << "phase 3 timed no configuration to the end";
   CheckShape(256, 1000, 320, 12, /*expect_timing=*/true);
+}
+
+// The read-only L2 flush (set_read_flush) times the candidates too, and the choice computes the
+// GEMM.
+TEST_P(LtGemmTest, ReadFlushTunesAndMatches) {
+  tuner_->set_read_flush(true);
+  CheckShape(64, 4608, 4096, 13, /*expect_timing=*/true);
+  if (HasFatalFailure()) return;
+  CheckShape(200, 1000, 320, 14, /*expect_timing=*/true);
 }
 
 // Every M of a class (power of two >= 8) reuses the class's timed algorithm; the next class tunes.

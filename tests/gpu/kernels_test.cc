@@ -1222,5 +1222,27 @@ TEST(ScaleToFp16Test, ScalesOnlyTensorsBeyondTwoToTheFifteenByAPowerOfTwo) {
   }
 }
 
+// The tuner's read-only L2 flush reads without writing (the buffer's bytes stay as they were)
+// and refuses what it cannot read as 16-byte vectors.
+TEST(L2FlushReadTest, LeavesTheBufferAndRefusesBadArguments) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  const size_t bytes = size_t{8} << 20;
+  std::vector<uint32_t> h(bytes / 4);
+  for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<uint32_t>(i * 2654435761u);
+  void* buf = nullptr;
+  ASSERT_CUDA(cudaMalloc(&buf, bytes));
+  ASSERT_CUDA(cudaMemcpy(buf, h.data(), bytes, cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cuda::LaunchL2FlushRead(buf, bytes, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<uint32_t> back(h.size());
+  ASSERT_CUDA(cudaMemcpy(back.data(), buf, bytes, cudaMemcpyDeviceToHost));
+  EXPECT_EQ(back, h);
+  EXPECT_EQ(cuda::LaunchL2FlushRead(buf, 0, nullptr), cudaSuccess);
+  EXPECT_EQ(cuda::LaunchL2FlushRead(buf, 15, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::LaunchL2FlushRead(static_cast<char*>(buf) + 8, 16, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::LaunchL2FlushRead(nullptr, 16, nullptr), cudaErrorInvalidValue);
+  cudaFree(buf);
+}
+
 }  // namespace
 }  // namespace glm

@@ -140,6 +140,7 @@ absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace
   t->workspace_bytes_ = workspace_bytes;
   t->share_ = share_choices;
   t->wide_ = WideSearchByEnv();
+  t->read_flush_ = cuda::PositiveEnvOr("GLM_CUDA_LT_FLUSH_READ", 0) > 0;
   CUDA_RETURN_IF_ERROR(cudaGetDevice(&t->device_));
   CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&t->handle_));
   CUDA_RETURN_IF_ERROR(cudaMalloc(reinterpret_cast<void**>(&t->dev_zero_), 16));
@@ -147,7 +148,7 @@ absl::StatusOr<std::unique_ptr<LtGemmTuner>> LtGemmTuner::Create(void* workspace
   int l2 = 0;
   CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, t->device_));
   if (l2 > 0) {
-    t->flush_bytes_ = static_cast<size_t>(l2);
+    t->flush_bytes_ = static_cast<size_t>(l2) / 16 * 16;
     CUDA_RETURN_IF_ERROR(cudaMalloc(&t->flush_, t->flush_bytes_));
   }
   for (cudaEvent_t& ev : t->events_) CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev));
@@ -322,7 +323,10 @@ absl::StatusOr<float> LtGemmTuner::MedianMs(cudaStream_t stream, const std::func
   float runs[kTimedRuns];
   int n = 0;
   for (int k = 0; k < kTimedRuns; ++k) {
-    if (flush_ != nullptr) CUDA_RETURN_IF_ERROR(cudaMemsetAsync(flush_, k & 0xff, flush_bytes_, stream));
+    if (flush_ != nullptr) {
+      CUDA_RETURN_IF_ERROR(read_flush_ ? cuda::LaunchL2FlushRead(flush_, flush_bytes_, stream)
+                                       : cudaMemsetAsync(flush_, k & 0xff, flush_bytes_, stream));
+    }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(events_[2 * k], stream));
     if (!launch()) {
       *failed = true;

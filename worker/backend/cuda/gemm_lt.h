@@ -101,6 +101,13 @@ class LtGemmTuner {
   // Phase-3 configurations timed to the end (not dropped) over every key this tuner timed.
   int wide_timed() const { return wide_timed_; }
 
+  // The L2 flush before every timed run: a memset of an L2-sized buffer (default), or with
+  // set_read_flush(true) / GLM_CUDA_LT_FLUSH_READ=1 a read of it (LaunchL2FlushRead), which
+  // leaves no dirty lines for the timed run to write back (an A/B switch: v20 in
+  // docs/PERFORMANCE-cuda-notes.md reads the memset flush as doubling a small GEMM's DRAM
+  // traffic).
+  void set_read_flush(bool on) { read_flush_ = on; }
+
   // Class keys with a timed algorithm in this tuner (timed here or taken from the process-wide
   // table).
   int tuned_keys() const { return static_cast<int>(class_algos_.size()); }
@@ -157,6 +164,7 @@ class LtGemmTuner {
   std::map<Key, cublasLtMatmulAlgo_t> class_algos_;  // timed choices
   int timed_keys_ = 0;
   bool wide_ = false;
+  bool read_flush_ = false;
   int wide_timed_ = 0;
 };
 

@@ -262,5 +262,11 @@ cudaError_t LaunchWgmmaGemmSiluMul(const void* x, const void* w_gate_up, void* y
 cudaError_t LaunchConvert(DType from, const void* in, DType to, void* out, int64_t n,
                           cudaStream_t stream);
 
+// Reads `bytes` (a multiple of 16, buffer 16-byte aligned) through the L2 without writing them:
+// evicts what the L2 held and leaves clean lines (a memset flush leaves dirty ones, which the
+// next kernel then writes back to DRAM while it runs). The cuBLASLt tuner's timing flush with
+// GLM_CUDA_LT_FLUSH_READ=1.
+cudaError_t LaunchL2FlushRead(void* buf, size_t bytes, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace glm

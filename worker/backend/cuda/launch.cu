@@ -1,6 +1,7 @@
 #include "worker/backend/cuda/launch.cuh"
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -56,6 +57,32 @@ bool NormWeightStaging(NormStageSite site) {
 }
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
+
+namespace {
+// Every thread reads its 16-byte vectors through the L2 (ld.global.cg) and folds them into a
+// value whose store never happens in practice: the loads cannot be dropped, and the one
+// store that could happen lands in the buffer itself.
+__global__ void L2FlushReadKernel(int4* __restrict__ p, int64_t n) {
+  int4 acc = make_int4(0, 0, 0, 0);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int4 v = __ldcg(p + i);
+    acc.x ^= v.x;
+    acc.y += v.y;
+    acc.z ^= v.z;
+    acc.w += v.w;
+  }
+  if (acc.x == 0x5bd1e995 && acc.y == 0x1b873593 && acc.z == 0x68e31da4 && acc.w == 0x2545f491) p[0] = acc;
+}
+}  // namespace
+
+cudaError_t LaunchL2FlushRead(void* buf, size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return cudaSuccess;
+  if (buf == nullptr || bytes % 16 != 0 || reinterpret_cast<uintptr_t>(buf) % 16 != 0) return cudaErrorInvalidValue;
+  const int blocks = 4 * (DeviceSmCount() > 0 ? DeviceSmCount() : 1);
+  L2FlushReadKernel<<<blocks, 256, 0, stream>>>(static_cast<int4*>(buf), static_cast<int64_t>(bytes / 16));
+  return cudaGetLastError();
+}
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }
 bool ProgrammaticLaunchEnabled() { return g_programmatic_launch.load(std::memory_order_relaxed); }
