@@ -92,10 +92,10 @@ class LtGemmTuner {
 
   // Phase 3 of tuning (off by default; GLM_CUDA_LT_WIDE=1 turns it on for new tuners): after the
   // heuristic's candidates and their split-K variants, the configurations around the fastest ones
-  // (every tile and stage count the algorithm lists x cluster shapes 1x1..2x2 for the three
-  // fastest algorithm ids, then split-K with fp32 partials, CTA swizzle and custom options of the
-  // three fastest configurations), each validated with cublasLtMatmulAlgoCheck, timed like the
-  // others within GLM_CUDA_LT_WIDE_BUDGET_MS (default 500) a key.
+  // (every tile and stage count the algorithm lists x seven cluster shapes, auto and 1x1 to 2x2,
+  // for the three fastest algorithm ids, then split-K with fp32 partials, CTA swizzle and custom
+  // options of the three fastest configurations), each validated with cublasLtMatmulAlgoCheck,
+  // timed like the others within GLM_CUDA_LT_WIDE_BUDGET_MS (default 500) a key.
   static bool WideSearchByEnv();
   void set_wide_search(bool on) { wide_ = on; }
   // Phase-3 configurations timed to the end (not dropped) over every key this tuner timed.
