@@ -57,29 +57,12 @@ SharedChoices<Key>& Shared() {
   return *s;
 }
 
-// "algo 21 tile 18 stages 7 split 1 ..." for the debug log.
-std::string Describe(const cublasLtMatmulAlgo_t& a) {
-  int32_t id = -1, split = 1;
-  uint32_t tile = 0, stages = 0, reduction = 0, swizzle = 0, custom = 0;
-  uint16_t cluster = 0;
-  size_t n = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof(id), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof(tile), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof(stages), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof(split), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &reduction, sizeof(reduction), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle, sizeof(swizzle), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, &custom, sizeof(custom), &n);
-  cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof(cluster), &n);
-  return absl::StrFormat("algo %d tile %u stages %u split %d reduction %u swizzle %u custom %u cluster %u", id,
-                         tile, stages, split, reduction, swizzle, custom, cluster);
-}
-
+// One configuration attribute of `a`, or `fallback` when cuBLASLt does not answer.
 template <typename V>
-V AlgoConfig(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  V v{};
+V AlgoConfig(const cublasLtMatmulAlgo_t& a, cublasLtMatmulAlgoConfigAttributes_t attr, V fallback = V{}) {
+  V v = fallback;
   size_t n = 0;
-  cublasLtMatmulAlgoConfigGetAttribute(&a, attr, &v, sizeof(v), &n);
+  if (cublasLtMatmulAlgoConfigGetAttribute(&a, attr, &v, sizeof(v), &n) != CUBLAS_STATUS_SUCCESS) v = fallback;
   return v;
 }
 template <typename V>
@@ -100,6 +83,19 @@ std::vector<uint32_t> AlgoCapList(const cublasLtMatmulAlgo_t& a, cublasLtMatmulA
     return {};
   }
   return ids;
+}
+
+// "algo 21 tile 18 stages 7 split 1 ..." for the debug log.
+std::string Describe(const cublasLtMatmulAlgo_t& a) {
+  return absl::StrFormat("algo %d tile %u stages %u split %d reduction %u swizzle %u custom %u cluster %u",
+                         AlgoConfig<int32_t>(a, CUBLASLT_ALGO_CONFIG_ID, -1),
+                         AlgoConfig<uint32_t>(a, CUBLASLT_ALGO_CONFIG_TILE_ID),
+                         AlgoConfig<uint32_t>(a, CUBLASLT_ALGO_CONFIG_STAGES_ID),
+                         AlgoConfig<int32_t>(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 1),
+                         AlgoConfig<uint32_t>(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+                         AlgoConfig<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+                         AlgoConfig<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION),
+                         AlgoConfig<uint16_t>(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
 }
 
 // Phase 3's time budget a key (GLM_CUDA_LT_WIDE_BUDGET_MS).
@@ -491,11 +487,9 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
     // Phase 3 (GLM_CUDA_LT_WIDE=1): the configuration space around the fastest algorithms so far,
     // which the heuristic's 16 answers sample only thinly. Widened budget for this phase.
     const Clock::time_point wide_start = Clock::now();
-    std::vector<cublasLtMatmulAlgo_t> seen;
-    for (const Candidate& c : cands) seen.push_back(c.algo);
     auto add = [&](const cublasLtMatmulAlgo_t& algo, const std::string& name) {
-      for (const cublasLtMatmulAlgo_t& s : seen) {
-        if (std::memcmp(&s, &algo, sizeof(algo)) == 0) return false;
+      for (const Candidate& c : cands) {
+        if (std::memcmp(&c.algo, &algo, sizeof(algo)) == 0) return false;
       }
       cublasLtMatmulHeuristicResult_t check{};
       cublasLtMatmulAlgo_t a = algo;
@@ -503,7 +497,6 @@ absl::Status LtGemmTuner::Tune(cudaStream_t stream, const Key& key, const Key& c
           check.state != CUBLAS_STATUS_SUCCESS || check.workspaceSize > workspace_bytes_) {
         return false;
       }
-      seen.push_back(algo);
       cands.push_back({algo, name});
       return true;
     };
