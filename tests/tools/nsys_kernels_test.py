@@ -2,7 +2,7 @@
 """tools/glm-bench/nsys_kernels.py on a hand-made cuda_gpu_trace CSV: kernels grouped by name and
 grid (the same kernel at two grids is two groups), mean durations, the gap after the previous
 operation on the same stream (another stream's work and host pauses over 1 ms do not count),
-memory operations not listed, and a clear error for a file that is not such a trace."""
+memory operations not listed, the busy share of the timeline, and a clear error for a file that is not such a trace."""
 import os
 import subprocess
 import sys
@@ -44,6 +44,9 @@ def main():
     res = run("\n".join(lines) + "\n")
     assert res.returncode == 0, res.stderr
     out = res.stdout.splitlines()
+    # 36.5 us of operations over 39 us: 1.0-34.0 us, then 5000-5006 us (the 5 ms pause left out).
+    assert out[0].startswith("timeline: ") and "over 0.039 ms: busy 93.6%, idle 0.003 ms" in out[0], out[0]
+    out = out[1:]
     assert out[0].split()[0] == "kernel", out
     body = {(l.split()[0], l.split()[-5]): l.split() for l in out[1:]}
     gemm = body[("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "36x1x1")]

@@ -10,7 +10,8 @@
 #     prefill-sized norm, SiLU and rotary kernels) [ncu-prefill-attn] (the prefill attention of
 #     the offline run's 8,192-token steps) [wgmma] (the own sm90a GEMM: its tests, timing
 #     sweep and Nsight Compute) [kvread] (K/V cache read patterns, glm-kv-read-bench)
-#     [nsys-256] (per-kernel durations and launch gaps inside the decode graphs, Nsight Systems)
+#     [nsys-256] (per-kernel durations and launch gaps inside the decode graphs: Nsight Systems,
+#     or glm-bench --kernel_trace through CUPTI where nsys is missing)
 #     [sample-FLAG=V[,FLAG=V]] (bf16 bs1 and offline throughput with glm-bench sampling flags,
 #     e.g. sample-temperature=1,top_k=50)
 set -u
@@ -166,7 +167,14 @@ for what in "$@"; do
       # are timed where they run, without GLM_CUDA_DEBUG_SKIP's stale-data confound.
       nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
       if [ -z "$nsys" ]; then
-        echo "nsys-256: no nsys on this machine"
+        # No Nsight Systems: the same timeline through CUPTI (glm-bench --kernel_trace), of the
+        # backend-alone run's second prefill step and eight decode steps at 256 (context ~560).
+        echo "nsys-256: no nsys on this machine; glm-bench --kernel_trace instead"
+        timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+          --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len 64 \
+          --kernel_trace /tmp/glm-trace.csv >"$OUT/nsys.log" 2>&1
+        echo "kernel trace: rc=$?"
+        python3 tools/glm-bench/nsys_kernels.py /tmp/glm-trace.csv --top 70 | tee "$OUT/nsys_kernels.txt"
         continue
       fi
       timeout 300 "$nsys" profile --trace cuda --cuda-graph-trace node --force-overwrite true \

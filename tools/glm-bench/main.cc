@@ -40,6 +40,9 @@
 #if defined(GLM_HAVE_CUDA)
 #include "worker/backend/cuda/cuda_backend.h"
 #endif
+#if defined(GLM_HAVE_CUPTI)
+#include "tools/glm-bench/kernel_trace.h"
+#endif
 
 ABSL_FLAG(std::string, mode, "engine", "engine (this binary's own benchmark) or cluster");
 ABSL_FLAG(std::string, model, "", "checkpoint directory (HF layout)");
@@ -74,6 +77,10 @@ ABSL_FLAG(std::string, baseline, "",
 ABSL_FLAG(std::string, hf_attn, "eager",
           "--baseline hf: transformers' attn_implementation (eager, sdpa, flash_attention_2)");
 ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
+ABSL_FLAG(std::string, kernel_trace, "",
+          "CUDA: write the GPU timeline (CUPTI: every kernel, CUDA-graph nodes one by one, and copy) of "
+          "the backend-alone run's second prefill step and eight of its decode steps to this CSV "
+          "(nsys cuda_gpu_trace columns; read it with tools/glm-bench/nsys_kernels.py)");
 
 namespace glm {
 namespace {
@@ -239,6 +246,22 @@ absl::Status RunEngineMode(Figures* fig) {
   if (hf_attn != "eager" && hf_attn != "sdpa" && hf_attn != "flash_attention_2") {
     return absl::InvalidArgumentError("--hf_attn=" + hf_attn + ": use eager, sdpa or flash_attention_2");
   }
+  // The kernel trace starts before the first CUDA call; its windows open around the traced steps.
+  const std::string trace_path = absl::GetFlag(FLAGS_kernel_trace);
+#if defined(GLM_HAVE_CUPTI)
+  std::unique_ptr<bench::KernelTrace> trace;
+  if (!trace_path.empty()) {
+    ASSIGN_OR_RETURN(trace, bench::KernelTrace::Start());
+  }
+  auto trace_window = [&trace](bool open) {
+    if (trace) open ? trace->Open() : trace->Close();
+  };
+#else
+  if (!trace_path.empty()) {
+    return absl::InvalidArgumentError("--kernel_trace: this glm-bench was built without CUDA's CUPTI");
+  }
+  auto trace_window = [](bool) {};
+#endif
   bool remove_after = false;
   ASSIGN_OR_RETURN(std::string dir, PrepareCheckpoint(&remove_after));
   struct Cleanup {
@@ -455,7 +478,9 @@ absl::Status RunEngineMode(Figures* fig) {
         const bool profile_step =
             absl::GetFlag(FLAGS_profile) && (prefill_step == 1 || (prefill_step == 0 && r == n));
         if (profile_step) setenv("GLM_CUDA_PROFILE", "1", 1);
+        if (prefill_step == 1) trace_window(true);
         RETURN_IF_ERROR(backend->ForwardGreedy(b, &next, &finite));
+        if (prefill_step == 1) trace_window(false);
         if (profile_step) unsetenv("GLM_CUDA_PROFILE");
         for (size_t i = 0; i < rows.size(); ++i) seq_tokens[rows[i]].push_back(next[i]);
         generated += static_cast<int64_t>(rows.size());
@@ -466,7 +491,9 @@ absl::Status RunEngineMode(Figures* fig) {
         for (int r = 0; r < n; ++r) b.AddDecode(r, seq_tokens[r].back(), in_len + step - 1, seq_blocks[r]);
         const bool profile_step = absl::GetFlag(FLAGS_profile) && step >= out_len / 2 && step < out_len / 2 + 2;
         if (profile_step) setenv("GLM_CUDA_PROFILE", "1", 1);
+        if (step == out_len / 2) trace_window(true);  // eight steps, host time between them included
         RETURN_IF_ERROR(backend->ForwardGreedy(b, &next, &finite));
+        if (step == out_len / 2 + 7 || step == out_len - 1) trace_window(false);
         if (profile_step) unsetenv("GLM_CUDA_PROFILE");
         for (int r = 0; r < n; ++r) seq_tokens[r].push_back(next[r]);
         generated += n;
@@ -479,6 +506,14 @@ absl::Status RunEngineMode(Figures* fig) {
       std::printf("backend alone: %d x (%d in, %d out): %.2f s (prefill %.2f s, decode step %.2f ms), "
                   "%.0f generated tok/s\n", n, in_len, out_len, wall, prefill_s,
                   1e3 * (wall - prefill_s) / std::max(out_len - 1, 1), generated / wall);
+#if defined(GLM_HAVE_CUPTI)
+      if (trace) {  // written, and CUPTI stopped, before the Engine's run
+        ASSIGN_OR_RETURN(int64_t ops, trace->Write(trace_path));
+        trace.reset();
+        std::printf("kernel trace: %lld GPU operations of the backend-alone run in %s\n",
+                    static_cast<long long>(ops), trace_path.c_str());
+      }
+#endif
     } else {
       std::printf("backend alone: skipped, %lld KV blocks needed, %lld fit\n",
                   static_cast<long long>(need), static_cast<long long>(fit));

@@ -3,10 +3,12 @@
 
 Input: the CSV of `nsys stats --report cuda_gpu_trace --format csv REPORT` (one row per kernel or
 memory operation; traced with --cuda-graph-trace=node so the kernels inside CUDA graphs appear one
-by one). Kernels are grouped by a short name and their grid, so the 256-wide decode step's
+by one), or the same columns from `glm-bench --kernel_trace FILE` (CUPTI, where nsys is missing). Kernels are grouped by a short name and their grid, so the 256-wide decode step's
 kernels (their own grids) stand apart from the same kernels in prefill steps. For each group:
 launches, mean duration, and the mean gap between the previous operation's end on the same
-stream and this kernel's start (launch latency plus the wait for its predecessor's drain).
+stream and this kernel's start (launch latency plus the wait for its predecessor's drain). A first
+line sums the timeline: operation time against the span it covers (pauses of 1 ms or more, a
+host-side sync or tuning, left out), so the idle share is what launch gaps and host time cost.
 
 Usage: nsys_kernels.py TRACE.csv [--top N] [--min-count C]
 """
@@ -84,6 +86,23 @@ def summarize(ops):
     return groups
 
 
+def busy(ops):
+    """(operation ns, span ns): spans split where the GPU idles 1 ms or more."""
+    work = span = 0
+    begin = end = None
+    for start, dur, _stream, _grid, _name in ops:
+        if end is not None and start - end >= 1_000_000:
+            span += end - begin
+            begin = None
+        if begin is None:
+            begin, end = start, start
+        work += dur
+        end = max(end, start + dur)
+    if begin is not None:
+        span += end - begin
+    return work, span
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trace")
@@ -91,12 +110,16 @@ def main():
     ap.add_argument("--min-count", type=int, default=1)
     args = ap.parse_args()
     try:
-        groups = summarize(load(args.trace))
+        ops = load(args.trace)
+        groups = summarize(ops)
     except (OSError, ValueError, KeyError) as e:
         sys.exit("nsys_kernels.py: %s" % e)
     if not groups:
         sys.exit("no kernels in %s" % args.trace)
     total = sum(g[1] for g in groups.values())
+    work, span = busy(ops)
+    print("timeline: %.3f ms of GPU operations over %.3f ms: busy %.1f%%, idle %.3f ms" %
+          (work / 1e6, span / 1e6, 100.0 * work / max(span, 1), (span - work) / 1e6))
     print("%-90s %-14s %8s %10s %9s %7s" % ("kernel", "grid", "launches", "mean us", "gap us", "share"))
     for (name, grid), (n, dur, gap, ngap) in sorted(groups.items(), key=lambda kv: -kv[1][1])[: args.top]:
         if n < args.min_count:
