@@ -80,7 +80,8 @@ ABSL_FLAG(std::string, json, "", "write every figure to this JSON file");
 ABSL_FLAG(std::string, kernel_trace, "",
           "CUDA: write the GPU timeline (CUPTI: every kernel, CUDA-graph nodes one by one, and copy) of "
           "the backend-alone run's second prefill step and eight of its decode steps to this CSV "
-          "(nsys cuda_gpu_trace columns; read it with tools/glm-bench/nsys_kernels.py)");
+          "(nsys cuda_gpu_trace columns; read it with tools/glm-bench/nsys_kernels.py). The backend-alone "
+          "figures then carry CUPTI's overhead; the Engine's run comes after CUPTI is stopped");
 
 namespace glm {
 namespace {
@@ -248,6 +249,10 @@ absl::Status RunEngineMode(Figures* fig) {
   }
   // The kernel trace starts before the first CUDA call; its windows open around the traced steps.
   const std::string trace_path = absl::GetFlag(FLAGS_kernel_trace);
+  if (!trace_path.empty() && absl::GetFlag(FLAGS_skip_throughput)) {
+    return absl::InvalidArgumentError(
+        "--kernel_trace traces the backend-alone offline run, which --skip_throughput leaves out");
+  }
 #if defined(GLM_HAVE_CUPTI)
   std::unique_ptr<bench::KernelTrace> trace;
   if (!trace_path.empty()) {
@@ -517,6 +522,10 @@ absl::Status RunEngineMode(Figures* fig) {
     } else {
       std::printf("backend alone: skipped, %lld KV blocks needed, %lld fit\n",
                   static_cast<long long>(need), static_cast<long long>(fit));
+      if (!trace_path.empty()) {
+        return absl::ResourceExhaustedError(
+            "--kernel_trace: the backend-alone run it traces did not fit the GPU's KV memory");
+      }
     }
   }
 
