@@ -166,22 +166,20 @@ for what in "$@"; do
       # kernel and grid (tools/glm-bench/nsys_kernels.py), so the 256-wide decode step's kernels
       # are timed where they run, without GLM_CUDA_DEBUG_SKIP's stale-data confound.
       nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+      trace_run="$bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+        --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16"
       if [ -z "$nsys" ]; then
         # No Nsight Systems: the same timeline through CUPTI (glm-bench --kernel_trace), of the
         # backend-alone run's second prefill step and eight decode steps at 256 (context ~640,
         # the run's mean), then the Engine's run of the same workload with CUPTI stopped.
         echo "nsys-256: no nsys on this machine; glm-bench --kernel_trace instead"
-        timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
-          --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 \
-          --kernel_trace /tmp/glm-trace.csv >"$OUT/nsys.log" 2>&1
+        timeout 300 $trace_run --kernel_trace /tmp/glm-trace.csv >"$OUT/nsys.log" 2>&1
         echo "kernel trace: rc=$?"
         python3 tools/glm-bench/nsys_kernels.py /tmp/glm-trace.csv --top 70 | tee "$OUT/nsys_kernels.txt"
         continue
       fi
       timeout 300 "$nsys" profile --trace cuda --cuda-graph-trace node --force-overwrite true \
-        --output /tmp/glm-nsys $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b \
-        --backend cuda --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 \
-        --output_len 32 >"$OUT/nsys.log" 2>&1
+        --output /tmp/glm-nsys $trace_run --output_len 32 >"$OUT/nsys.log" 2>&1
       echo "nsys-256: rc=$?"
       "$nsys" stats --report cuda_gpu_trace --format csv --output - /tmp/glm-nsys.nsys-rep \
         >/tmp/glm-nsys-trace.csv 2>>"$OUT/nsys.log"

@@ -23,7 +23,8 @@ class KernelTrace {
   void Close();
 
   // Waits for the device, flushes CUPTI's buffers and writes the kept records to `path`.
-  // Returns how many it wrote.
+  // Returns how many it wrote; RESOURCE_EXHAUSTED (the file written all the same) when CUPTI
+  // dropped records.
   absl::StatusOr<int64_t> Write(const std::string& path);
 
  private:

@@ -3,7 +3,8 @@
 
 Input: the CSV of `nsys stats --report cuda_gpu_trace --format csv REPORT` (one row per kernel or
 memory operation; traced with --cuda-graph-trace=node so the kernels inside CUDA graphs appear one
-by one), or the same columns from `glm-bench --kernel_trace FILE` (CUPTI, where nsys is missing). Kernels are grouped by a short name and their grid, so the 256-wide decode step's
+by one), or the same columns from `glm-bench --kernel_trace FILE` (CUPTI, where nsys is
+missing). Kernels are grouped by a short name and their grid, so the 256-wide decode step's
 kernels (their own grids) stand apart from the same kernels in prefill steps. For each group:
 launches, mean duration, and the mean gap between the previous operation's end on the same
 stream and this kernel's start (launch latency plus the wait for its predecessor's drain). A first
