@@ -47,6 +47,9 @@ ninja -C build-dev -j16 -k 0 $targets \
   grep -E "error|FAILED" "$OUT/build.log" | head -20
 echo "build: $(( $(date +%s) - t0 )) s"
 bench=build-dev/tools/glm-bench/glm-bench
+# What every glm-bench run below benchmarks: the GLM-4-9B-0414 shape, random weights written
+# once into /tmp/glm4-9b, on the CUDA backend ($synth unquoted: it is these words).
+synth="--synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda"
 # ab-/ab1- argument VAR[=VALUE][,VAR2=VALUE2...] (VALUE defaults to 0): $setting, the env
 # assignments in $settings, and $tag, a file-name form of it.
 parse_setting() {
@@ -70,7 +73,7 @@ ncu_small_bench() {
   timeout 300 "$ncu" --clock-control none "$@" \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
     --section WarpStateStats --section LaunchStats \
-    $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+    $bench $synth \
     --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16 --output_len "$out_len" \
     >"$file" 2>&1
 }
@@ -90,33 +93,33 @@ for what in "$@"; do
       [ -n "$t" ] && timeout 120 "$t" >"$OUT/nccl.log" 2>&1; echo "nccl: rc=$?"
       grep -E "^\[  (PASSED|FAILED|SKIPPED|       OK) |Failure" "$OUT/nccl.log" | head -20 ;;
     bench-bf16)
-      timeout 420 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      timeout 420 $bench $synth \
         --precision bf16 --profile --json "$OUT/bench_bf16.json" 2>&1 | tee "$OUT/bench_bf16.log" | grep -v "^$" ;;
     bench-fp32)
-      timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      timeout 300 $bench $synth \
         --precision fp32 --skip-throughput --json "$OUT/bench_fp32.json" 2>&1 | tee "$OUT/bench_fp32.log" ;;
     bench-fp16safe)
       # The V100 pool's fast mode, timed on this GPU: issue 5 asks for >= 85% of bf16's speed.
-      timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      timeout 300 $bench $synth \
         --precision fp16-safe --skip-throughput --json "$OUT/bench_fp16safe.json" 2>&1 | tee "$OUT/bench_fp16safe.log" ;;
     ab-*)
       parse_setting "${what#ab-}"
       echo "== A/B run with $setting"
-      env "${settings[@]}" timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      env "${settings[@]}" timeout 300 $bench $synth \
         --precision bf16 --json "$OUT/bench_ab_$tag.json" 2>&1 | tee "$OUT/bench_ab_$tag.log" | grep -v "^I " ;;
     sample-*)
       # The offline run with a sampler (the flags after "sample-", comma-separated).
       IFS=',' read -ra flags <<<"${what#sample-}"
       tag=$(echo "${what#sample-}" | tr -c 'A-Za-z0-9_\n' _)
       echo "== sampling run with ${flags[*]}"
-      timeout 300 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      timeout 300 $bench $synth \
         --precision bf16 "${flags[@]/#/--}" --json "$OUT/bench_sample_$tag.json" 2>&1 |
         tee "$OUT/bench_sample_$tag.log" | grep -v "^I " ;;
     ab1-*)
       # bs1 decode and TTFT only (no throughput run) with env VAR=VALUE.
       parse_setting "${what#ab1-}"
       echo "== A/B bs1 run with $setting"
-      env "${settings[@]}" timeout 200 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      env "${settings[@]}" timeout 200 $bench $synth \
         --precision bf16 --skip-throughput --profile 2>&1 |
         tee "$OUT/bench_ab1_$tag.log" | grep -v "^I " ;;
     ncu-bs1)
@@ -127,7 +130,7 @@ for what in "$@"; do
         timeout 240 "$ncu" --kernel-name "regex:$k" --launch-skip 400 --launch-count 4 \
           --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
           --section WarpStateStats --section LaunchStats \
-          $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+          $bench $synth \
           --precision bf16 --skip-throughput >"$OUT/ncu_$k.txt" 2>&1
         echo "ncu $k: rc=$?"
         grep -E "$ncu_lines|Stall" "$OUT/ncu_$k.txt" | head -80
@@ -166,7 +169,7 @@ for what in "$@"; do
       # kernel and grid (tools/glm-bench/nsys_kernels.py), so the 256-wide decode step's kernels
       # are timed where they run, without GLM_CUDA_DEBUG_SKIP's stale-data confound.
       nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
-      trace_run="$bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      trace_run="$bench $synth \
         --precision bf16 --prompt_len 64 --decode_steps 4 --decode_context 16"
       if [ -z "$nsys" ]; then
         # No Nsight Systems: the same timeline through CUPTI (glm-bench --kernel_trace), of the
@@ -222,7 +225,7 @@ for what in "$@"; do
       # Every bf16 figure, then transformers on the same checkpoint and workload (bs1, TTFT, the
       # 256 offline requests through model.generate): the ratios. hf-sdpa: its SDPA attention.
       attn=eager; [ "$what" = hf-sdpa ] && attn=sdpa
-      timeout 540 $bench --synthetic glm4-9b-0414 --synthetic-dir /tmp/glm4-9b --backend cuda \
+      timeout 540 $bench $synth \
         --precision bf16 --baseline hf --hf_attn $attn --json "$OUT/bench_$what.json" 2>&1 |
         tee "$OUT/bench_$what.log" | grep -v "^I " ;;
     tools-test)

@@ -155,66 +155,47 @@ __device__ __forceinline__ void WgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
-// wgmma.mma_async m64nNk16, D (fp32) += A (smem) . B (smem)^T, both bf16 and K-major.
-__device__ __forceinline__ void WgmmaM64N104(float (&d)[52], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %54, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n104k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51"
-      "}, %52, %53, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-__device__ __forceinline__ void WgmmaM64N128(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-__device__ __forceinline__ void WgmmaM64N144(float (&d)[72], uint64_t desc_a, uint64_t desc_b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %74, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n144k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-      "%64, %65, %66, %67, %68, %69, %70, %71"
-      "}, %72, %73, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
-        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71])
-      : "l"(desc_a), "l"(desc_b), "r"(1));
-}
-
+// wgmma.mma_async m64nNk16, D (fp32) += A (smem) . B (smem)^T, both bf16 and K-major. The
+// accumulator operand lists come from macros: N / 2 registers "%0" .. "%(N/2 - 1)" bound to d[0..],
+// then the two descriptors and the scale-d predicate (always 1: accumulate).
+#define GLM_WG_R4(a, b, c, e) "%" #a ", %" #b ", %" #c ", %" #e
+#define GLM_WG_D4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define GLM_WG_REGS52                                                                            \
+  GLM_WG_R4(0, 1, 2, 3) ", " GLM_WG_R4(4, 5, 6, 7) ", " GLM_WG_R4(8, 9, 10, 11) ", "            \
+  GLM_WG_R4(12, 13, 14, 15) ", " GLM_WG_R4(16, 17, 18, 19) ", " GLM_WG_R4(20, 21, 22, 23) ", "  \
+  GLM_WG_R4(24, 25, 26, 27) ", " GLM_WG_R4(28, 29, 30, 31) ", " GLM_WG_R4(32, 33, 34, 35) ", "  \
+  GLM_WG_R4(36, 37, 38, 39) ", " GLM_WG_R4(40, 41, 42, 43) ", " GLM_WG_R4(44, 45, 46, 47) ", "  \
+  GLM_WG_R4(48, 49, 50, 51)
+#define GLM_WG_REGS64 \
+  GLM_WG_REGS52 ", " GLM_WG_R4(52, 53, 54, 55) ", " GLM_WG_R4(56, 57, 58, 59) ", " GLM_WG_R4(60, 61, 62, 63)
+#define GLM_WG_REGS72 GLM_WG_REGS64 ", " GLM_WG_R4(64, 65, 66, 67) ", " GLM_WG_R4(68, 69, 70, 71)
+#define GLM_WG_OUT52                                                                              \
+  GLM_WG_D4(0), GLM_WG_D4(4), GLM_WG_D4(8), GLM_WG_D4(12), GLM_WG_D4(16), GLM_WG_D4(20),          \
+      GLM_WG_D4(24), GLM_WG_D4(28), GLM_WG_D4(32), GLM_WG_D4(36), GLM_WG_D4(40), GLM_WG_D4(44),   \
+      GLM_WG_D4(48)
+#define GLM_WG_OUT64 GLM_WG_OUT52, GLM_WG_D4(52), GLM_WG_D4(56), GLM_WG_D4(60)
+#define GLM_WG_OUT72 GLM_WG_OUT64, GLM_WG_D4(64), GLM_WG_D4(68)
+// N: the instruction's n; R: N / 2; DA, DB, P: the operand numbers R, R + 1, R + 2.
+#define GLM_WG_MMA(N, R, DA, DB, P)                                                            \
+  __device__ __forceinline__ void WgmmaM64N##N(float (&d)[R], uint64_t desc_a, uint64_t desc_b) { \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                               \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" GLM_WG_REGS##R  \
+                 "}, %" #DA ", %" #DB ", p, 1, 1, 0, 0;\n}\n"                                  \
+                 : GLM_WG_OUT##R                                                               \
+                 : "l"(desc_a), "l"(desc_b), "r"(1));                                          \
+  }
+GLM_WG_MMA(104, 52, 52, 53, 54)
+GLM_WG_MMA(128, 64, 64, 65, 66)
+GLM_WG_MMA(144, 72, 72, 73, 74)
+#undef GLM_WG_MMA
+#undef GLM_WG_OUT72
+#undef GLM_WG_OUT64
+#undef GLM_WG_OUT52
+#undef GLM_WG_REGS72
+#undef GLM_WG_REGS64
+#undef GLM_WG_REGS52
+#undef GLM_WG_D4
+#undef GLM_WG_R4
 
 template <int BN>
 __device__ __forceinline__ void Wgmma(float (&d)[BN / 2], uint64_t da, uint64_t db) {
