@@ -4,7 +4,7 @@
 // captured before the first step) bit for bit the same, and sampling on the device picking what
 // the host sampler picks from the same logits. fp32: greedy tokens identical and logits
 // close; bf16 / fp16-safe: logits within tolerance. Also the own sm90a decode GEMM against the
-// cuBLAS path on the same model.
+// cuBLAS path on the same model, and the early-launch graph edges bit for bit against none.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "worker/backend/backend.h"
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/cuda/launch.cuh"
 #include "worker/model/safetensors.h"
 
 namespace glm {
@@ -194,69 +196,96 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
 INSTANTIATE_TEST_SUITE_P(Models, ModelTest, ::testing::ValuesIn(kCases),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// Steps n sequences (3 + i % 7 prompt tokens each) through `ref` and `other` side by side: a
+// prefill step, then `steps` - 1 decode steps of n rows (the first at a graph size runs eagerly
+// and captures, the later ones replay the graph), every sequence's next token ref's argmax.
+// compare(step, rows, want, got) gets both backends' logits of each step.
+void StepSideBySide(Backend& ref, Backend& other, const ModelConfig& config, int block_size,
+                    int num_blocks, int n, int steps,
+                    const std::function<void(int, int, const std::vector<float>&, const std::vector<float>&)>& compare) {
+  const int V = static_cast<int>(config.vocab_size);
+  testing::StepPlanner planner(config.vocab_size, block_size, num_blocks, 5 + n);
+  for (int i = 0; i < n; ++i) planner.AddSequence(3 + i % 7);
+  for (int step = 0; step < steps; ++step) {
+    std::vector<int> row_seq;
+    const StepBatch batch = planner.Next(2048, &row_seq);
+    ASSERT_EQ(static_cast<int>(row_seq.size()), n);
+    std::vector<float> want, got;
+    ASSERT_TRUE(ref.Forward(batch, &want).ok());
+    const absl::Status st = other.Forward(batch, &got);
+    ASSERT_TRUE(st.ok()) << st;
+    ASSERT_EQ(got.size(), want.size());
+    compare(step, n, want, got);
+    if (::testing::Test::HasFatalFailure()) return;
+    std::vector<int32_t> next;
+    for (int r = 0; r < n; ++r) {
+      const float* w = want.data() + size_t(r) * V;
+      next.push_back(static_cast<int32_t>(std::max_element(w, w + V) - w));
+    }
+    planner.Finish(batch, row_seq, next);
+  }
+}
+
+// A bf16 "demo"-shaped Glm4 model (every GEMM's K >= 256) loaded twice: once as is, once with
+// `env`=`value` set while it loads (the backend reads its GLM_CUDA_* switches at Load).
+struct TwoBackends {
+  testing::TestModel model;  // first: outlives the backends
+  std::unique_ptr<Backend> ref, other;
+};
+absl::StatusOr<TwoBackends> LoadTwoBackends(const std::string& tag, const char* env, const char* value,
+                                            int num_blocks, int block_size) {
+  auto model = testing::WriteTestModel(tag, "demo", Architecture::kGlm4, DType::kBF16, 11);
+  if (!model.ok()) return model.status();
+  TwoBackends b{*std::move(model), MakeCudaBackend(), MakeCudaBackend()};
+  LoadOptions opts;
+  opts.precision = Precision::kBf16;
+  opts.max_num_tokens = 2048;
+  opts.max_num_seqs = 256;
+  if (absl::Status st = b.ref->Load(b.model.config, *b.model.ckpt, opts); !st.ok()) return st;
+  if (setenv(env, value, 1) != 0) return absl::InternalError("setenv failed");
+  const absl::Status load = b.other->Load(b.model.config, *b.model.ckpt, opts);
+  unsetenv(env);
+  if (!load.ok()) return load;
+  if (absl::Status st = b.ref->AllocateKvCache(num_blocks, block_size); !st.ok()) return st;
+  if (absl::Status st = b.other->AllocateKvCache(num_blocks, block_size); !st.ok()) return st;
+  return b;
+}
+
 // The own sm90a decode GEMM inside the backend (GLM_CUDA_WGMMA=2: every GEMM of a 65-256-row
 // decode step, both row-block kinds, and the MLP's SiLU fused into its gate/up epilogue) against
-// the same model on the default cuBLAS path: a bf16 "demo"-shaped model (every GEMM's K >= 256),
-// 200 and then 96 sequences prefilled together and decoded three steps (eager, then graph
-// replays). Only the GEMMs' summation order differs, so the logits agree closely.
+// the same model on the default cuBLAS path: 200 and then 96 sequences prefilled together and
+// decoded three steps (eager, then graph replays). Only the GEMMs' summation order differs, so
+// the logits agree closely.
 TEST(CudaBackendTest, OwnDecodeGemmMatchesCublasPath) {
   GLM_REQUIRE_CUDA_DEVICE();
   if (!cuda::WgmmaGemmAvailable()) {
     GTEST_SKIP() << "the own decode GEMM runs on sm90 GPUs only (this device or binary has no sm90a code)";
   }
-  auto model = testing::WriteTestModel("wgmma", "demo", Architecture::kGlm4, DType::kBF16, 11);
-  ASSERT_TRUE(model.ok()) << model.status();
-  const ModelConfig& config = model->config;
-  const Checkpoint& ckpt = *model->ckpt;
-  LoadOptions opts;
-  opts.precision = Precision::kBf16;
-  opts.max_num_tokens = 2048;
-  opts.max_num_seqs = 256;
-  auto ref = MakeCudaBackend();
-  ASSERT_TRUE(ref->Load(config, ckpt, opts).ok());
-  ASSERT_EQ(setenv("GLM_CUDA_WGMMA", "2", 1), 0);
-  auto own = MakeCudaBackend();
-  const absl::Status load = own->Load(config, ckpt, opts);
-  unsetenv("GLM_CUDA_WGMMA");
-  ASSERT_TRUE(load.ok()) << load;
   const int bs = 16, num_blocks = 512;
-  ASSERT_TRUE(ref->AllocateKvCache(num_blocks, bs).ok());
-  ASSERT_TRUE(own->AllocateKvCache(num_blocks, bs).ok());
-
-  const int V = static_cast<int>(config.vocab_size);
+  auto b = LoadTwoBackends("wgmma", "GLM_CUDA_WGMMA", "2", num_blocks, bs);
+  ASSERT_TRUE(b.ok()) << b.status();
+  const int V = static_cast<int>(b->model.config.vocab_size);
   for (int n : {200, 96}) {
-    testing::StepPlanner planner(config.vocab_size, bs, num_blocks, 5 + n);
-    for (int i = 0; i < n; ++i) planner.AddSequence(3 + i % 7);
     double max_diff = 0, sum_diff = 0;
     int64_t compared = 0;
     int rows = 0, agree = 0;
-    for (int step = 0; step < 4; ++step) {  // a prefill step, then decode steps of n rows
-      std::vector<int> row_seq;
-      const StepBatch batch = planner.Next(2048, &row_seq);
-      ASSERT_EQ(static_cast<int>(row_seq.size()), n);
-      std::vector<float> want, got;
-      ASSERT_TRUE(ref->Forward(batch, &want).ok());
-      const absl::Status st = own->Forward(batch, &got);
-      ASSERT_TRUE(st.ok()) << st;
-      ASSERT_EQ(got.size(), want.size());
-      std::vector<int32_t> next;
-      for (int r = 0; r < n; ++r) {
-        const float* w = want.data() + size_t(r) * V;
-        const float* g = got.data() + size_t(r) * V;
-        for (int v = 0; v < V; ++v) {
-          ASSERT_TRUE(std::isfinite(g[v])) << "n " << n << " step " << step << " row " << r;
-          const double d = std::fabs(double(g[v]) - w[v]);
-          max_diff = std::max(max_diff, d);
-          sum_diff += d;
-          ++compared;
-        }
-        const int32_t wt = static_cast<int32_t>(std::max_element(w, w + V) - w);
-        agree += wt == std::max_element(g, g + V) - g;
-        ++rows;
-        next.push_back(wt);
-      }
-      planner.Finish(batch, row_seq, next);
-    }
+    StepSideBySide(*b->ref, *b->other, b->model.config, bs, num_blocks, n, 4,
+                   [&](int step, int nrows, const std::vector<float>& want, const std::vector<float>& got) {
+                     for (int r = 0; r < nrows; ++r) {
+                       const float* w = want.data() + size_t(r) * V;
+                       const float* g = got.data() + size_t(r) * V;
+                       for (int v = 0; v < V; ++v) {
+                         ASSERT_TRUE(std::isfinite(g[v])) << "n " << n << " step " << step << " row " << r;
+                         const double d = std::fabs(double(g[v]) - w[v]);
+                         max_diff = std::max(max_diff, d);
+                         sum_diff += d;
+                         ++compared;
+                       }
+                       agree += std::max_element(w, w + V) - w == std::max_element(g, g + V) - g;
+                       ++rows;
+                     }
+                   });
+    if (HasFatalFailure()) return;
     const double mean_diff = sum_diff / std::max<int64_t>(compared, 1);
     std::printf("[own decode GEMM, %d sequences] max |diff| %.3g, mean |diff| %.3g, argmax agreement %.3f\n",
                 n, max_diff, mean_diff, double(agree) / rows);
@@ -264,6 +293,45 @@ TEST(CudaBackendTest, OwnDecodeGemmMatchesCublasPath) {
     EXPECT_LE(mean_diff, 0.02) << n << " sequences";
     EXPECT_GE(double(agree) / rows, 0.9) << n << " sequences";
   }
+}
+
+// GLM_CUDA_GRAPH_EDGES (launch.cuh's GraphEdgeMode): the decode graphs' programmatic edges
+// rewritten to fire at their upstream kernel's launch completion change when kernels start, never
+// what they compute: every logit of a prefill step and of five decode steps (eager + capture, then
+// graph replays) at 200 and 96 sequences (cuBLASLt GEMMs upstream of own kernels) and 3 sequences
+// (GEMVs: own kernels only) is bit for bit the default backend's. Mode 1 rewrites only the edges
+// out of cuBLAS kernels, so fewer than mode 2, which rewrites every one.
+TEST(CudaBackendTest, EarlyLaunchGraphEdgesKeepEveryLogit) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  int major = 0;
+  ASSERT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  if (major < 9) GTEST_SKIP() << "programmatic edges come from PDL launches, which need sm90+ (this GPU is sm" << major << "x)";
+  const int bs = 16, num_blocks = 512;
+  int64_t rewritten[3] = {0, 0, 0};
+  for (const char* mode : {"1", "2"}) {
+    const int64_t before = cuda::RewrittenGraphEdges();
+    auto b = LoadTwoBackends(std::string("edges") + mode, "GLM_CUDA_GRAPH_EDGES", mode, num_blocks, bs);
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (int n : {200, 96, 3}) {
+      int64_t differing = 0;
+      StepSideBySide(*b->ref, *b->other, b->model.config, bs, num_blocks, n, 6,
+                     [&](int step, int, const std::vector<float>& want, const std::vector<float>& got) {
+                       for (size_t i = 0; i < want.size(); ++i) {
+                         if (std::memcmp(&want[i], &got[i], sizeof(float)) != 0 && differing++ < 5) {
+                           ADD_FAILURE() << "mode " << mode << ", " << n << " sequences, step " << step
+                                         << ", logit " << i << ": " << got[i] << " against " << want[i];
+                         }
+                       }
+                     });
+      if (HasFatalFailure()) return;
+      EXPECT_EQ(differing, 0) << "mode " << mode << ", " << n << " sequences";
+    }
+    rewritten[mode[0] - '0'] = cuda::RewrittenGraphEdges() - before;
+    std::printf("[GLM_CUDA_GRAPH_EDGES=%s] %lld programmatic edges rewritten in the decode graphs\n", mode,
+                static_cast<long long>(rewritten[mode[0] - '0']));
+  }
+  EXPECT_GT(rewritten[1], 0) << "no cuBLAS -> own kernel edge was rewritten";
+  EXPECT_GT(rewritten[2], rewritten[1]) << "mode 2 rewrites own -> own edges too";
 }
 
 TEST(CudaBackendTest, RejectsBadStepsWithInvalidArgument) {

@@ -293,6 +293,13 @@ class CudaBackend : public Backend {
   int64_t profile_steps_ = 0;
 
   std::map<int, cudaGraphExec_t> graphs_;  // padded decode batch size -> graph
+  // GLM_CUDA_GRAPH_EDGES (read at Load; launch.cuh's GraphEdgeMode): the decode graphs'
+  // programmatic edges fire at their upstream kernel's launch completion. An A/B switch.
+  cuda::GraphEdgeMode graph_edge_mode_ = cuda::GraphEdgeMode::kOff;
+  int64_t graph_edges_rewritten_ = 0;
+  // `graph` with graph_edge_mode_'s edges rewritten (on a clone) and instantiated; null, with a
+  // warning, where the runtime refuses either step (the caller then instantiates `graph` as captured).
+  cudaGraphExec_t InstantiateWithEarlyEdges(cudaGraph_t graph, int bucket);
   int64_t peak_used_ = 0;
 };
 
@@ -410,6 +417,13 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
     cuda::SetProgrammaticLaunch(pdl);
     GLM_LOG(INFO) << "cuda backend: programmatic dependent launch "
                   << (pdl ? "on" : (gpu.compute_major >= 9 ? "off (GLM_CUDA_PDL=0)" : "off (needs sm90+)"));
+    graph_edge_mode_ = pdl ? cuda::GraphEdgeModeFromEnv() : cuda::GraphEdgeMode::kOff;
+    if (graph_edge_mode_ != cuda::GraphEdgeMode::kOff) {
+      GLM_LOG(INFO) << "cuda backend: decode-graph programmatic edges fire at launch completion of "
+                    << (graph_edge_mode_ == cuda::GraphEdgeMode::kAll ? "every upstream kernel"
+                                                                      : "cuBLAS upstream kernels")
+                    << " (GLM_CUDA_GRAPH_EDGES)";
+    }
   }
   if (options.precision == Precision::kBf16 && !gpu.supports_bf16()) {
     return absl::FailedPreconditionError(absl::StrFormat(
@@ -665,9 +679,32 @@ absl::Status CudaBackend::WarmUp(int32_t max_num_seqs) {
   }
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   GLM_LOG(INFO) << absl::StrFormat(
-      "cuda backend: warmed up decode steps of up to %d sequences (%d graphs captured) in %.2f s",
-      most, captured, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      "cuda backend: warmed up decode steps of up to %d sequences (%d graphs captured%s) in %.2f s",
+      most, captured,
+      graph_edge_mode_ == cuda::GraphEdgeMode::kOff
+          ? ""
+          : absl::StrFormat(", %d programmatic edges rewritten", graph_edges_rewritten_),
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return absl::OkStatus();
+}
+
+cudaGraphExec_t CudaBackend::InstantiateWithEarlyEdges(cudaGraph_t graph, int bucket) {
+  cudaGraph_t clone = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  int rewritten = 0;
+  cudaError_t err = cudaGraphClone(&clone, graph);
+  if (err == cudaSuccess) err = cuda::RewriteProgrammaticEdges(clone, graph_edge_mode_, &rewritten);
+  if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, clone, 0);
+  if (clone != nullptr) CUDA_CHECK(cudaGraphDestroy(clone));
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    GLM_LOG(WARNING) << "cuda backend: decode graph of " << bucket
+                     << " sequences keeps its captured edges: the rewrite failed with "
+                     << cudaGetErrorString(err);
+    return nullptr;
+  }
+  graph_edges_rewritten_ += rewritten;
+  return exec;
 }
 
 int64_t CudaBackend::KvBlocksThatFit(int32_t block_size) const {
@@ -1242,7 +1279,8 @@ absl::Status CudaBackend::RunStep(const StepBatch& batch, bool want_logits) {
       RETURN_IF_ERROR(st);
       CUDA_RETURN_IF_ERROR(end);
       cudaGraphExec_t exec = nullptr;
-      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      if (graph_edge_mode_ != cuda::GraphEdgeMode::kOff) exec = InstantiateWithEarlyEdges(graph, bucket);
+      const cudaError_t inst = exec != nullptr ? cudaSuccess : cudaGraphInstantiate(&exec, graph, 0);
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_RETURN_IF_ERROR(inst);
       graphs_[bucket] = exec;

@@ -4,6 +4,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <unordered_set>
+#include <vector>
 
 #include "worker/backend/cuda/kernels.h"
 
@@ -83,6 +86,74 @@ cudaError_t LaunchL2FlushRead(void* buf, size_t bytes, cudaStream_t stream) {
   L2FlushReadKernel<<<blocks, 256, 0, stream>>>(static_cast<int4*>(buf), static_cast<int64_t>(bytes / 16));
   return cudaGetLastError();
 }
+
+namespace {
+std::mutex g_own_kernels_mu;
+std::unordered_set<const void*>& OwnKernels() {
+  static auto* kernels = new std::unordered_set<const void*>();  // never destroyed: used at exit
+  return *kernels;
+}
+std::atomic<int64_t> g_rewritten_edges{0};
+}  // namespace
+
+void NoteOwnKernel(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_own_kernels_mu);
+  OwnKernels().insert(kernel);
+}
+
+bool IsOwnKernel(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_own_kernels_mu);
+  return OwnKernels().count(kernel) != 0;
+}
+
+GraphEdgeMode GraphEdgeModeFromEnv() {
+  const char* env = std::getenv("GLM_CUDA_GRAPH_EDGES");
+  if (env == nullptr) return GraphEdgeMode::kOff;
+  if (std::strcmp(env, "1") == 0) return GraphEdgeMode::kForeignUpstream;
+  if (std::strcmp(env, "2") == 0) return GraphEdgeMode::kAll;
+  return GraphEdgeMode::kOff;
+}
+
+cudaError_t RewriteProgrammaticEdges(cudaGraph_t graph, GraphEdgeMode mode, int* rewritten) {
+  *rewritten = 0;
+  if (mode == GraphEdgeMode::kOff) return cudaSuccess;
+  size_t n = 0;
+  cudaError_t err = cudaGraphGetEdges(graph, nullptr, nullptr, nullptr, &n);
+  if (err != cudaSuccess || n == 0) return err;
+  std::vector<cudaGraphNode_t> from(n), to(n);
+  std::vector<cudaGraphEdgeData> data(n);
+  err = cudaGraphGetEdges(graph, from.data(), to.data(), data.data(), &n);
+  if (err != cudaSuccess) return err;
+  std::vector<cudaGraphNode_t> sel_from, sel_to;
+  std::vector<cudaGraphEdgeData> old_data, new_data;
+  for (size_t i = 0; i < n; ++i) {
+    if (data[i].type != cudaGraphDependencyTypeProgrammatic ||
+        data[i].from_port != cudaGraphKernelNodePortProgrammatic) {
+      continue;
+    }
+    if (mode == GraphEdgeMode::kForeignUpstream) {
+      cudaKernelNodeParams params = {};
+      if (cudaGraphKernelNodeGetParams(from[i], &params) == cudaSuccess && IsOwnKernel(params.func)) continue;
+      (void)cudaGetLastError();  // a node the runtime cannot describe counts as foreign
+    }
+    sel_from.push_back(from[i]);
+    sel_to.push_back(to[i]);
+    old_data.push_back(data[i]);
+    cudaGraphEdgeData early = data[i];
+    early.from_port = cudaGraphKernelNodePortLaunchCompletion;
+    new_data.push_back(early);
+  }
+  if (sel_from.empty()) return cudaSuccess;
+  err = cudaGraphRemoveDependencies(graph, sel_from.data(), sel_to.data(), old_data.data(), sel_from.size());
+  if (err != cudaSuccess) return err;
+  err = cudaGraphAddDependencies(graph, sel_from.data(), sel_to.data(), new_data.data(), sel_from.size());
+  if (err != cudaSuccess) return err;
+  *rewritten = static_cast<int>(sel_from.size());
+  g_rewritten_edges.fetch_add(*rewritten);
+  return cudaSuccess;
+}
+
+int64_t RewrittenGraphEdges() { return g_rewritten_edges.load(); }
 
 void SetProgrammaticLaunch(bool enabled) { g_programmatic_launch.store(enabled); }
 bool ProgrammaticLaunchEnabled() { return g_programmatic_launch.load(std::memory_order_relaxed); }

@@ -52,11 +52,38 @@ __device__ __forceinline__ void LaunchDependents() {
 #endif
 }
 
+// The kernels launched through LaunchKernel, by host symbol: RewriteProgrammaticEdges tells them
+// from the cuBLAS kernels of a captured graph.
+void NoteOwnKernel(const void* kernel);
+bool IsOwnKernel(const void* kernel);
+
+// Decode-graph edges (GLM_CUDA_GRAPH_EDGES, an A/B switch; off by default). A PDL launch captured
+// into a graph becomes a programmatic edge from the kernel node before it, which fires when every
+// block of that kernel has called LaunchDependents() or exited: after a cuBLAS GEMM (which never
+// calls it) only once its last block has exited, so the next kernel's launch and fill follow
+// the GEMM's drain. Rewritten to fire at the upstream's launch completion (every block of it has
+// begun: cudaGraphKernelNodePortLaunchCompletion), the downstream kernel launches while the
+// upstream's last wave runs, its blocks take the SMs that wave leaves idle and do their pre-wait
+// work there. What they read still waits in GridDependencyWait(): griddepcontrol.wait returns
+// only once the prerequisite grid has completed and its writes are visible, whichever port the
+// edge fires from, so results do not change (tests/gpu/backend_test.cc checks every logit).
+//   kForeignUpstream: only edges whose upstream kernel is not one of ours (cuBLAS -> own kernel);
+//   kAll: every programmatic edge (own -> own too: ours call LaunchDependents() near their start,
+//         so for those it moves the trigger only a little).
+enum class GraphEdgeMode { kOff = 0, kForeignUpstream = 1, kAll = 2 };
+// GLM_CUDA_GRAPH_EDGES (1 or 2; anything else, or unset: off), read at every call.
+GraphEdgeMode GraphEdgeModeFromEnv();
+// Rewrites the programmatic edges of `graph` that `mode` selects; *rewritten: how many. The
+// process-wide total is RewrittenGraphEdges() (tests).
+cudaError_t RewriteProgrammaticEdges(cudaGraph_t graph, GraphEdgeMode mode, int* rewritten);
+int64_t RewrittenGraphEdges();
+
 // kernel<<<grid, block, smem, stream>>>(args...) with the PDL attribute when enabled; returns the
 // launch's error.
 template <typename... Params, typename... Args>
 cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                          cudaStream_t stream, Args&&... args) {
+  NoteOwnKernel(reinterpret_cast<const void*>(kernel));
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
