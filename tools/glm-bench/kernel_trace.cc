@@ -51,6 +51,10 @@ struct State {
   }
 };
 State* g_state = nullptr;
+// Guards g_state itself: CUPTI may hand back a buffer from its own thread after the trace has
+// been stopped and g_state deleted (seen on an H100: a segfault in the Engine run that follows);
+// such records are dropped.
+std::mutex g_state_mu;
 
 constexpr size_t kBufferBytes = size_t{8} << 20;
 constexpr size_t kAlign = 8;
@@ -79,7 +83,8 @@ const char* CopyName(uint8_t kind) {
 }
 
 void CUPTIAPI BufferCompleted(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
-  {
+  std::lock_guard<std::mutex> state_lock(g_state_mu);
+  if (g_state != nullptr) {
     std::lock_guard<std::mutex> lock(g_state->mu);
     CUpti_Activity* record = nullptr;
     while (cuptiActivityGetNextRecord(buffer, valid, &record) == CUPTI_SUCCESS) {
@@ -131,8 +136,11 @@ absl::StatusOr<std::unique_ptr<KernelTrace>> KernelTrace::Start() {
 #if !defined(GLM_KERNEL_TRACE_SUPPORTED)
   return absl::UnimplementedError("--kernel_trace needs CUPTI 13 or newer (built with an older toolkit)");
 #else
-  if (g_state) return absl::FailedPreconditionError("a kernel trace is already running");
-  g_state = new State;
+  {
+    std::lock_guard<std::mutex> state_lock(g_state_mu);
+    if (g_state) return absl::FailedPreconditionError("a kernel trace is already running");
+    g_state = new State;
+  }
   std::unique_ptr<KernelTrace> trace(new KernelTrace);
   if (CUptiResult r = cuptiActivityRegisterCallbacks(BufferRequested, BufferCompleted); r != CUPTI_SUCCESS) {
     return CuptiError("cuptiActivityRegisterCallbacks", r);
@@ -152,6 +160,7 @@ KernelTrace::~KernelTrace() {
     cuptiActivityDisable(kind);
   }
   cuptiActivityFlushAll(CUPTI_ACTIVITY_FLAG_FLUSH_FORCED);
+  std::lock_guard<std::mutex> state_lock(g_state_mu);
   delete g_state;
   g_state = nullptr;
 #endif
