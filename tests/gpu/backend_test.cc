@@ -307,10 +307,11 @@ TEST(CudaBackendTest, EarlyLaunchGraphEdgesKeepEveryLogit) {
   ASSERT_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
   if (major < 9) GTEST_SKIP() << "programmatic edges come from PDL launches, which need sm90+ (this GPU is sm" << major << "x)";
   const int bs = 16, num_blocks = 512;
-  int64_t rewritten[3] = {0, 0, 0};
-  for (const char* mode : {"1", "2"}) {
+  int64_t rewritten[3] = {0, 0, 0};  // by mode
+  for (int mode : {1, 2}) {
+    const std::string value = std::to_string(mode);
     const int64_t before = cuda::RewrittenGraphEdges();
-    auto b = LoadTwoBackends(std::string("edges") + mode, "GLM_CUDA_GRAPH_EDGES", mode, num_blocks, bs);
+    auto b = LoadTwoBackends("edges" + value, "GLM_CUDA_GRAPH_EDGES", value.c_str(), num_blocks, bs);
     ASSERT_TRUE(b.ok()) << b.status();
     for (int n : {200, 96, 3}) {
       int64_t differing = 0;
@@ -326,9 +327,9 @@ TEST(CudaBackendTest, EarlyLaunchGraphEdgesKeepEveryLogit) {
       if (HasFatalFailure()) return;
       EXPECT_EQ(differing, 0) << "mode " << mode << ", " << n << " sequences";
     }
-    rewritten[mode[0] - '0'] = cuda::RewrittenGraphEdges() - before;
-    std::printf("[GLM_CUDA_GRAPH_EDGES=%s] %lld programmatic edges rewritten in the decode graphs\n", mode,
-                static_cast<long long>(rewritten[mode[0] - '0']));
+    rewritten[mode] = cuda::RewrittenGraphEdges() - before;
+    std::printf("[GLM_CUDA_GRAPH_EDGES=%d] %lld programmatic edges rewritten in the decode graphs\n", mode,
+                static_cast<long long>(rewritten[mode]));
   }
   EXPECT_GT(rewritten[1], 0) << "no cuBLAS -> own kernel edge was rewritten";
   EXPECT_GT(rewritten[2], rewritten[1]) << "mode 2 rewrites own -> own edges too";

@@ -418,6 +418,7 @@ absl::Status CudaBackend::Load(const ModelConfig& config, const Checkpoint& chec
     GLM_LOG(INFO) << "cuda backend: programmatic dependent launch "
                   << (pdl ? "on" : (gpu.compute_major >= 9 ? "off (GLM_CUDA_PDL=0)" : "off (needs sm90+)"));
     graph_edge_mode_ = pdl ? cuda::GraphEdgeModeFromEnv() : cuda::GraphEdgeMode::kOff;
+    if (graph_edge_mode_ == cuda::GraphEdgeMode::kForeignUpstream) cuda::SetNoteOwnKernels(true);
     if (graph_edge_mode_ != cuda::GraphEdgeMode::kOff) {
       GLM_LOG(INFO) << "cuda backend: decode-graph programmatic edges fire at launch completion of "
                     << (graph_edge_mode_ == cuda::GraphEdgeMode::kAll ? "every upstream kernel"

@@ -94,7 +94,11 @@ std::unordered_set<const void*>& OwnKernels() {
   return *kernels;
 }
 std::atomic<int64_t> g_rewritten_edges{0};
+std::atomic<bool> g_note_own_kernels{false};
 }  // namespace
+
+void SetNoteOwnKernels(bool on) { g_note_own_kernels.store(on); }
+bool NotingOwnKernels() { return g_note_own_kernels.load(std::memory_order_relaxed); }
 
 void NoteOwnKernel(const void* kernel) {
   std::lock_guard<std::mutex> lock(g_own_kernels_mu);

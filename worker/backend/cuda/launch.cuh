@@ -53,7 +53,11 @@ __device__ __forceinline__ void LaunchDependents() {
 }
 
 // The kernels launched through LaunchKernel, by host symbol: RewriteProgrammaticEdges tells them
-// from the cuBLAS kernels of a captured graph.
+// from the cuBLAS kernels of a captured graph. LaunchKernel notes them only once
+// SetNoteOwnKernels(true) has been called (by a backend running GraphEdgeMode::kForeignUpstream,
+// the one reader), so the launch path takes no lock otherwise.
+void SetNoteOwnKernels(bool on);
+bool NotingOwnKernels();
 void NoteOwnKernel(const void* kernel);
 bool IsOwnKernel(const void* kernel);
 
@@ -67,7 +71,8 @@ bool IsOwnKernel(const void* kernel);
 // work there. What they read still waits in GridDependencyWait(): griddepcontrol.wait returns
 // only once the prerequisite grid has completed and its writes are visible, whichever port the
 // edge fires from, so results do not change (tests/gpu/backend_test.cc checks every logit).
-//   kForeignUpstream: only edges whose upstream kernel is not one of ours (cuBLAS -> own kernel);
+//   kForeignUpstream: only edges whose upstream kernel is not one of ours (cuBLAS -> own kernel;
+//         needs SetNoteOwnKernels(true) before the capture, else every upstream counts as foreign);
 //   kAll: every programmatic edge (own -> own too: ours call LaunchDependents() near their start,
 //         so for those it moves the trigger only a little).
 enum class GraphEdgeMode { kOff = 0, kForeignUpstream = 1, kAll = 2 };
@@ -83,7 +88,7 @@ int64_t RewrittenGraphEdges();
 template <typename... Params, typename... Args>
 cudaError_t LaunchKernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                          cudaStream_t stream, Args&&... args) {
-  NoteOwnKernel(reinterpret_cast<const void*>(kernel));
+  if (NotingOwnKernels()) NoteOwnKernel(reinterpret_cast<const void*>(kernel));
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
