@@ -280,14 +280,37 @@ TEST_F(RouterResilience, SigtermDrainOfAWorkerAndOfTheRouterFailsNoRequest) {
   }
   Streams load(kStreams);
   load.Start(router->address(), requests, absl::Seconds(120));
-  ASSERT_TRUE(WaitFor([&] { return load.MinTokens() >= 1; }, absl::Seconds(30)));
-  workers["d0"]->process->Signal(SIGTERM);
+  // What this checks must not hang on how fast the machine is: a long stream of d0's has to
+  // outlive its grace. So d0 is frozen (SIGSTOP) as soon as it serves some of the streams, gets
+  // SIGTERM while frozen, and once it has taken the signal (it leaves the router's list as it
+  // starts draining) it is frozen again for twice its grace: its clock runs on, so it wakes up
+  // past the grace with whatever is still open and must hand that back. (Waiting for every
+  // stream's first token instead let a loaded CI machine finish d0's long streams first.)
+  Process& d0 = *workers["d0"]->process;
+  auto d0_stub = glm::v1::Worker::NewStub(*MakeChannel(workers["d0"]->address()));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        grpc::ClientContext c;
+        c.set_deadline(In(absl::Seconds(2)));
+        glm::v1::WorkerInfo info;
+        return d0_stub->GetInfo(&c, {}, &info).ok() && info.load().running_requests() >= 2;
+      },
+      absl::Seconds(30)))
+      << "d0 should be serving streams";
+  d0.Signal(SIGSTOP);
+  d0.Signal(SIGTERM);
+  d0.Signal(SIGCONT);
+  ASSERT_TRUE(WaitFor([&] { return Health(router->address()).count("d0") == 0; }, absl::Seconds(10)))
+      << "d0 should deregister as it starts draining";
+  d0.Signal(SIGSTOP);
+  absl::SleepFor(absl::Milliseconds(300));
+  d0.Signal(SIGCONT);
   // Requests keep arriving during the drain; none may fail.
   std::vector<StreamResult> late;
   for (int i = 0; i < 6; ++i) {
     late.push_back(Generate(router->address(), SampledRequest(absl::StrCat("late ", i), 6, i)));
   }
-  EXPECT_EQ(workers["d0"]->process->Wait(absl::Seconds(20)), 0) << "a drained worker exits 0";
+  EXPECT_EQ(d0.Wait(absl::Seconds(20)), 0) << "a drained worker exits 0";
   load.Join();
   int handed_back = 0;
   for (int i = 0; i < kStreams; ++i) {
