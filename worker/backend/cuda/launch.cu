@@ -15,6 +15,8 @@ namespace cuda {
 namespace {
 std::atomic<bool> g_programmatic_launch{false};
 std::atomic<int> g_norm_stage_override{-1};  // OverrideNormWeightStaging
+std::atomic<int> g_norm_pipe_override{-1};   // OverrideAddNormPipeline
+std::atomic<int> g_silu_wave_override{-1};   // OverrideSiluMulOneWave
 
 int CurrentDeviceAttribute(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
@@ -60,6 +62,28 @@ bool NormWeightStaging(NormStageSite site) {
 }
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
+
+bool AddNormPipelined() {
+  static const bool from_env = [] {
+    const char* env = std::getenv("GLM_CUDA_NORM_PIPE");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  const int forced = g_norm_pipe_override.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced == 1 : from_env;
+}
+
+void OverrideAddNormPipeline(int mode) { g_norm_pipe_override.store(mode < 0 ? -1 : mode != 0); }
+
+bool SiluMulOneWave() {
+  static const bool from_env = [] {
+    const char* env = std::getenv("GLM_CUDA_SILU_WAVE");
+    return env != nullptr && std::strcmp(env, "1") == 0;
+  }();
+  const int forced = g_silu_wave_override.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced == 1 : from_env;
+}
+
+void OverrideSiluMulOneWave(int mode) { g_silu_wave_override.store(mode < 0 ? -1 : mode != 0); }
 
 namespace {
 // Every thread reads its 16-byte vectors through the L2 (ld.global.cg) and folds them into a
