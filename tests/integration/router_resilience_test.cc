@@ -344,6 +344,48 @@ TEST_F(RouterResilience, SigtermDrainOfAWorkerAndOfTheRouterFailsNoRequest) {
 
 // --- Admission ----------------------------------------------------------------------------
 
+// --scheduling=prefill-first on a real worker: the same streams as a mixed-policy worker gives,
+// token for token (only which steps run them changes); an unknown policy stops the worker at
+// start with exit 2 and a message naming both policies.
+TEST_F(RouterResilience, PrefillFirstWorkerStreamsWhatAMixedOneDoesAndABadPolicyIsRefused) {
+  std::string command;  // RunCommand keeps stdout only: the worker's error goes to stderr
+  for (const std::string& arg : WorkerArgv(model_dir_, "127.0.0.1:1", "bad", {"--scheduling=fifo"})) {
+    command += "'" + arg + "' ";
+  }
+  auto [code, out] = RunCommand({"/bin/sh", "-c", command + "2>&1"}, absl::Seconds(30));
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("unknown scheduling policy \"fifo\""), std::string::npos) << out;
+  EXPECT_NE(out.find("prefill-first"), std::string::npos) << out;
+
+  std::vector<glm::v1::GenerateRequest> requests;
+  for (int i = 0; i < 8; ++i) {
+    requests.push_back(SampledRequest(absl::StrCat("policy ", i, " says"), 20 + 10 * i, 300 + i));
+  }
+  std::vector<StreamResult> by_policy[2];
+  for (int prefill_first : {0, 1}) {
+    auto router = Router(prefill_first ? "pf-router" : "mixed-router");
+    ASSERT_TRUE(router);
+    std::vector<std::string> flags = {"--max-batched-tokens=24"};  // chunked prompts next to decodes
+    if (prefill_first) {
+      flags.push_back("--scheduling=prefill-first");
+      flags.push_back("--max-prefill-only-steps=2");
+    }
+    auto workers = Workers(*router, {prefill_first ? "pf0" : "mx0"}, flags);
+    Streams streams(requests.size());
+    streams.Start(router->address(), requests, absl::Seconds(60));
+    streams.Join();
+    by_policy[prefill_first] = streams.results;
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const StreamResult& pf = by_policy[1][i];
+    ASSERT_TRUE(pf.status.ok()) << i << ": " << pf.status.error_message();
+    ASSERT_TRUE(by_policy[0][i].status.ok()) << i << ": " << by_policy[0][i].status.error_message();
+    EXPECT_EQ(pf.ids.size(), static_cast<size_t>(requests[i].max_tokens())) << i;
+    EXPECT_EQ(pf.ids, by_policy[0][i].ids) << i;
+    EXPECT_EQ(pf.text, by_policy[0][i].text) << i;
+  }
+}
+
 TEST_F(RouterResilience, AdmissionQueueIsBoundedHonoursDeadlinesAndPutsInteractiveFirst) {
   // Heartbeat expiry is long: the worker is SIGSTOPped for a while below and must stay live.
   auto router = Router("admission-router", {"--max-streams-per-worker=1", "--queue-size=3",

@@ -69,6 +69,17 @@ def main():
     check(st.get("prefill_steps", 0) + st.get("full_decode_steps", 0) + st.get("other_decode_steps", 0)
           == t.get("steps"), f"step kinds add up to the Engine's steps: {st} vs {t.get('steps')}")
     check("offline:" in log and "generated tok/s" in log, "the report line of the offline run")
+    check(t.get("scheduling") == "mixed" and "mixed scheduling" in log, f"the default policy: {t}")
+
+    # 1b. The prefill-first policy: the same tokens, said so.
+    out_json = os.path.join(work, "prefill_first.json")
+    rc, log = run(bench, common + ["--scheduling", "prefill-first", "--json", out_json])
+    check(rc == 0, f"prefill-first run exits 0 (rc {rc}):\n{log}")
+    t = json.load(open(out_json)).get("throughput", {})
+    check(t.get("scheduling") == "prefill-first" and t.get("failed") == 0 and t.get("wall_s", 0) > 0 and
+          abs(t.get("generated_tok_s", 0) * t.get("wall_s", 0) - n * out_len) < 0.5,
+          f"prefill-first offline run: {t}")
+    check("prefill-first scheduling" in log, "the policy in the report")
 
     # 2. A sampler: the offline run takes it (and says so).
     out_json = os.path.join(work, "sample.json")
@@ -81,6 +92,8 @@ def main():
     check("temperature 0.8, top-k 20, top-p 0.9, repetition penalty 1.1" in log, "the sampler in the report")
 
     # 3. Bad flags: a clear error, non-zero exit.
+    rc, log = run(bench, common + ["--scheduling", "fifo"])
+    check(rc != 0 and "unknown scheduling policy" in log, f"--scheduling fifo refused: rc {rc}: {log[-300:]}")
     rc, log = run(bench, common + ["--precision", "fp8"])
     check(rc != 0 and "--precision" in log, f"--precision fp8 refused: rc {rc}: {log[-300:]}")
     rc, log = run(bench, ["--model", model, "--synthetic", "tiny", "--backend", "cpu"])

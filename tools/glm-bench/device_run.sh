@@ -140,7 +140,7 @@ for what in "$@"; do
       # offline-throughput run launch it): two launches after the first two steps, with the
       # stall reasons.
       ncu_small_bench "$OUT/ncu_attn256.txt" 8 --kernel-name-base demangled \
-        --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3>" --launch-skip 80 --launch-count 2 \
+        --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3(, true)?>" --launch-skip 80 --launch-count 2 \
         --section SchedulerStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu attention 256: rc=$?"
       grep -E "$ncu_lines|$ncu_stalls" "$OUT/ncu_attn256.txt" | head -80 ;;

@@ -65,6 +65,9 @@ ABSL_FLAG(int32_t, input_len, 512, "offline throughput: prompt tokens per reques
 ABSL_FLAG(int32_t, output_len, 256, "offline throughput: generated tokens per request");
 ABSL_FLAG(int32_t, concurrency, 256, "offline throughput: running requests at most");
 ABSL_FLAG(int32_t, max_batched_tokens, 8192, "offline throughput: token budget per engine step");
+ABSL_FLAG(std::string, scheduling, "mixed",
+          "offline throughput: the Engine's scheduling policy, \"mixed\" or \"prefill-first\" "
+          "(worker/engine/scheduler.h)");
 ABSL_FLAG(bool, skip_throughput, false, "skip the offline-throughput part");
 ABSL_FLAG(double, temperature, 0.0, "offline throughput: sampling temperature (0 = greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "offline throughput: top-k (0 = off)");
@@ -535,6 +538,7 @@ absl::Status RunEngineMode(Figures* fig) {
     eo.block_size = block_size;
     eo.max_num_seqs = concurrency;
     eo.max_num_batched_tokens = max_batched;
+    ASSIGN_OR_RETURN(eo.scheduling, ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling)));
     eo.worker_name = "glm-bench";
     // Where the Engine's wall time goes, step by step (the observer runs at the end of each
     // step, so the time between two calls is one step, host work included): steps with prefill
@@ -614,14 +618,16 @@ absl::Status RunEngineMode(Figures* fig) {
                             {"temperature", absl::GetFlag(FLAGS_temperature)},
                             {"top_k", absl::GetFlag(FLAGS_top_k)}, {"top_p", absl::GetFlag(FLAGS_top_p)},
                             {"repetition_penalty", absl::GetFlag(FLAGS_repetition_penalty)},
-                            {"concurrency", concurrency}, {"wall_s", wall},
+                            {"concurrency", concurrency},
+                            {"scheduling", SchedulingPolicyName(eo.scheduling)}, {"wall_s", wall},
                             {"generated_tok_s", generated / wall},
                             {"total_tok_s", (generated + int64_t{n} * in_len) / wall},
                             {"failed", failed}, {"steps", st.steps}, {"preemptions", st.preemptions},
                             {"kv_blocks", st.kv_blocks_total}};
-    std::printf("offline: %d requests x (%d in, %d out), concurrency %d, %s: %.1f s, %.0f generated "
-                "tok/s (%.0f total tok/s), %lld steps, %lld preemptions, %lld failed\n",
-                n, in_len, out_len, concurrency, SamplingLabel().c_str(), wall, generated / wall,
+    std::printf("offline: %d requests x (%d in, %d out), concurrency %d, %s, %s scheduling: %.1f s, "
+                "%.0f generated tok/s (%.0f total tok/s), %lld steps, %lld preemptions, %lld failed\n",
+                n, in_len, out_len, concurrency, SamplingLabel().c_str(),
+                SchedulingPolicyName(eo.scheduling), wall, generated / wall,
                 (generated + int64_t{n} * in_len) / wall, static_cast<long long>(st.steps),
                 static_cast<long long>(st.preemptions), static_cast<long long>(failed));
     fig->j["throughput"]["step_times"] = {

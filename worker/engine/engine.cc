@@ -128,7 +128,9 @@ class Engine::Impl {
         vocab_size_(static_cast<int32_t>(backend_->config().vocab_size)),
         eos_ids_(backend_->config().eos_token_ids),
         kv_cache_(options_.num_kv_blocks, options_.block_size),
-        scheduler_({options_.max_num_seqs, options_.max_num_batched_tokens}, &kv_cache_) {
+        scheduler_({options_.max_num_seqs, options_.max_num_batched_tokens, options_.scheduling,
+                    options_.max_prefill_only_steps},
+                   &kv_cache_) {
     PublishStatsLocked();
   }
 
@@ -642,6 +644,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& opti
   if (resolved.max_num_batched_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "max_num_batched_tokens is %d: it must be at least 1", resolved.max_num_batched_tokens));
+  }
+  if (resolved.max_prefill_only_steps < 1) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "max_prefill_only_steps is %d: it must be at least 1 (the prefill-first policy's bound on "
+        "steps in a row without decodes)",
+        resolved.max_prefill_only_steps));
   }
   if (resolved.max_waiting < 0) {
     return absl::InvalidArgumentError(

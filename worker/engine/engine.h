@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "worker/backend/backend.h"
 #include "worker/engine/request.h"
+#include "worker/engine/scheduler.h"
 #include "worker/tokenizer/tokenizer.h"
 
 namespace glm {
@@ -43,6 +44,10 @@ struct EngineOptions {
   int64_t kv_cache_bytes = 256ll << 20;     // used when num_kv_blocks == 0
   int32_t max_num_seqs = 64;                // running requests at most
   int32_t max_num_batched_tokens = 512;     // token budget per step (prefill chunks + decodes)
+  // Whether decodes ride in steps with prefill work (kMixed) or wait while arrivals are
+  // prefilled (kPrefillFirst, at most max_prefill_only_steps steps in a row): scheduler.h.
+  SchedulingPolicy scheduling = SchedulingPolicy::kMixed;
+  int32_t max_prefill_only_steps = 16;
   int32_t max_model_len = 0;                // 0: config.max_position_embeddings
   int32_t max_waiting = 1024;               // queued requests beyond this: RESOURCE_EXHAUSTED
   std::string worker_name = "local";        // named in error messages

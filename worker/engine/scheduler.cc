@@ -1,10 +1,25 @@
 #include "worker/engine/scheduler.h"
 
 #include <algorithm>
+#include <string>
+
+#include "absl/strings/str_cat.h"
 
 #include "services/core/logging.h"
 
 namespace glm {
+
+absl::StatusOr<SchedulingPolicy> ParseSchedulingPolicy(std::string_view name) {
+  if (name == "mixed") return SchedulingPolicy::kMixed;
+  if (name == "prefill-first") return SchedulingPolicy::kPrefillFirst;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown scheduling policy \"", std::string(name), "\": use \"mixed\" (decodes ride with prefill chunks) or ",
+      "\"prefill-first\" (prefill steps first while requests arrive)"));
+}
+
+const char* SchedulingPolicyName(SchedulingPolicy policy) {
+  return policy == SchedulingPolicy::kPrefillFirst ? "prefill-first" : "mixed";
+}
 
 Scheduler::Scheduler(const SchedulerOptions& options, KvCacheManager* kv_cache)
     : options_(options), kv_cache_(kv_cache) {
@@ -31,13 +46,36 @@ void Scheduler::Preempt(Sequence* seq) {
 }
 
 SchedulerOutput Scheduler::Schedule() {
+  const bool decodes_wait_now =
+      options_.policy == SchedulingPolicy::kPrefillFirst &&
+      prefill_only_in_a_row_ < options_.max_prefill_only_steps &&
+      std::any_of(running_.begin(), running_.end(), [](const Sequence* s) { return s->is_decode(); });
+  if (decodes_wait_now) {
+    // Prefill work only; when there is none (nothing prefilling, nobody admissible), the decodes.
+    SchedulerOutput out = SchedulePass(/*with_decodes=*/false, 0);
+    if (!out.empty()) {
+      prefill_only_in_a_row_++;
+      return out;
+    }
+    SchedulerOutput with_decodes = SchedulePass(/*with_decodes=*/true, out.num_preempted);
+    with_decodes.num_preempted += out.num_preempted;
+    prefill_only_in_a_row_ = 0;
+    return with_decodes;
+  }
+  prefill_only_in_a_row_ = 0;
+  return SchedulePass(/*with_decodes=*/true, 0);
+}
+
+SchedulerOutput Scheduler::SchedulePass(bool with_decodes, int32_t preempted_before) {
   SchedulerOutput out;
   int32_t budget = options_.max_num_batched_tokens;
 
   // Running sequences: decodes first, then those still prefilling, each in admission order.
   std::vector<Sequence*> candidates;
   candidates.reserve(running_.size());
-  for (Sequence* seq : running_) if (seq->is_decode()) candidates.push_back(seq);
+  if (with_decodes) {
+    for (Sequence* seq : running_) if (seq->is_decode()) candidates.push_back(seq);
+  }
   for (Sequence* seq : running_) if (!seq->is_decode()) candidates.push_back(seq);
 
   for (Sequence* seq : candidates) {
@@ -67,7 +105,7 @@ SchedulerOutput Scheduler::Schedule() {
 
   // Admit waiting sequences; not while this step had to preempt (memory is tight, and the
   // preempted sequences must not be re-admitted in the very step that evicted them).
-  while (out.num_preempted == 0 && budget > 0 && !waiting_.empty() &&
+  while (preempted_before + out.num_preempted == 0 && budget > 0 && !waiting_.empty() &&
          static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence* seq = waiting_.front();
     int32_t num_new = std::min(seq->num_uncomputed(), budget);

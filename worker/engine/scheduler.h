@@ -7,20 +7,40 @@
 // When a running sequence cannot get the KV blocks its tokens need, the most recently admitted
 // running sequence is preempted: its blocks are freed, its computed tokens reset to 0 and it
 // goes to the front of the waiting queue, to be recomputed (prompt + tokens generated so far).
+//
+// Two policies for steps that have prefill work while sequences decode:
+//   kMixed (the default): decodes ride in the same step as the prefill chunks (vLLM v1, TGI).
+//     Running requests keep streaming while new ones are admitted.
+//   kPrefillFirst: a step that can prefill (a running sequence still prefilling, or a waiting one
+//     admitted now) runs only prefill work, and the decodes wait (SGLang's default without mixed
+//     chunks, vLLM v0's without chunked prefill). A burst of arrivals is prefilled before anyone
+//     decodes, so all of them then decode in full-width steps: more throughput offline, longer
+//     inter-token gaps for running requests while a burst is admitted, bounded by
+//     max_prefill_only_steps in a row, after which one step runs with decodes.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <string_view>
 #include <vector>
+
+#include "absl/status/statusor.h"
 
 #include "worker/engine/kv_cache_manager.h"
 #include "worker/engine/sequence.h"
 
 namespace glm {
 
+enum class SchedulingPolicy { kMixed, kPrefillFirst };
+// "mixed" / "prefill-first" (the --scheduling flag of glm-worker and glm-bench).
+absl::StatusOr<SchedulingPolicy> ParseSchedulingPolicy(std::string_view name);
+const char* SchedulingPolicyName(SchedulingPolicy policy);
+
 struct SchedulerOptions {
   int32_t max_num_seqs = 64;
   int32_t max_num_batched_tokens = 512;
+  SchedulingPolicy policy = SchedulingPolicy::kMixed;
+  int32_t max_prefill_only_steps = 16;  // kPrefillFirst: steps in a row the decodes may wait
 };
 
 struct ScheduledSequence {
@@ -57,12 +77,16 @@ class Scheduler {
 
  private:
   void Preempt(Sequence* seq);
+  // One pass of Schedule: the running candidates (decodes too when with_decodes), then
+  // admissions unless this step has preempted (preempted_before: earlier passes of this step).
+  SchedulerOutput SchedulePass(bool with_decodes, int32_t preempted_before);
 
   SchedulerOptions options_;
   KvCacheManager* kv_cache_;
   std::vector<Sequence*> running_;   // admission order: the back is preempted first
   std::deque<Sequence*> waiting_;    // next to admit at the front
   int64_t total_preemptions_ = 0;
+  int32_t prefill_only_in_a_row_ = 0;  // kPrefillFirst: steps since the decodes last ran
 };
 
 }  // namespace glm

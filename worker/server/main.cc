@@ -64,6 +64,11 @@ ABSL_FLAG(int, kv_cache_mb, 256, "KV cache size in MiB");
 ABSL_FLAG(int, block_size, 16, "tokens per KV block");
 ABSL_FLAG(int, max_num_seqs, 64, "running requests at most");
 ABSL_FLAG(int, max_batched_tokens, 512, "token budget per engine step");
+ABSL_FLAG(std::string, scheduling, "mixed",
+          "steps with prefill work: \"mixed\" (running requests decode in them too) or "
+          "\"prefill-first\" (they wait while arrivals are prefilled, at most "
+          "--max-prefill-only-steps in a row: more throughput, longer token gaps during bursts)");
+ABSL_FLAG(int, max_prefill_only_steps, 16, "prefill-first: steps in a row the decodes may wait");
 ABSL_FLAG(int, max_model_len, 0, "context limit (0 = the model's max_position_embeddings)");
 ABSL_FLAG(int, max_waiting, 1024, "queued requests beyond this get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, default_max_tokens, 256, "max_tokens used when a request says 0");
@@ -113,6 +118,10 @@ ModelSessionOptions SessionOptionsFromFlags() {
   options.engine.max_num_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   options.engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
+  // Checked in Run() before anything starts (a bad value exits 2 with the parser's message).
+  const absl::StatusOr<SchedulingPolicy> policy = ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
+  options.engine.scheduling = policy.ok() ? *policy : SchedulingPolicy::kMixed;
+  options.engine.max_prefill_only_steps = absl::GetFlag(FLAGS_max_prefill_only_steps);
   return options;
 }
 
@@ -148,6 +157,11 @@ int Run() {
   tp_options.op_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_tp_timeout_ms));
   if (absl::Status valid = ValidateTpGroupOptions(tp_options); !valid.ok()) {
     std::cerr << "glm-worker: " << valid.message() << "\n";
+    return 2;
+  }
+  if (absl::StatusOr<SchedulingPolicy> policy = ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
+      !policy.ok()) {
+    std::cerr << "glm-worker: --scheduling: " << policy.status().message() << "\n";
     return 2;
   }
   if (tp_options.tp_rank > 0) return RunTpFollowerProcess(tp_options, SessionOptionsFromFlags());

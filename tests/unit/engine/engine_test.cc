@@ -183,6 +183,35 @@ TEST(Engine, SixteenConcurrentRequestsGiveTheSameTokensAsEachAlone) {
   EXPECT_EQ(stats.running + stats.waiting, 0);
 }
 
+// The prefill-first policy changes which steps a request's tokens run in, never the tokens: the
+// sixteen requests with chunked prefills, and again with too few KV blocks (preemptions).
+TEST(Engine, PrefillFirstGivesEveryRequestTheTokensItGetsAlone) {
+  FakeTokenizer tokenizer;
+  for (int32_t blocks : {0, 14}) {
+    EngineOptions options = SmallOptions();
+    options.scheduling = SchedulingPolicy::kPrefillFirst;
+    options.max_prefill_only_steps = 3;
+    options.max_num_batched_tokens = blocks ? 32 : 24;
+    if (blocks) {
+      options.num_kv_blocks = blocks;
+      options.max_num_seqs = 6;
+    }
+    FakeBackendRecord record;
+    auto engine = MakeEngine(options, {}, &tokenizer, &record);
+    Collector collector;
+    auto requests = SixteenRequests();
+    for (const auto& r : requests) ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+    EXPECT_GE(record.max_seqs_in_step, blocks ? 2 : 8);
+    if (blocks) EXPECT_GT(engine->Stats().preemptions, 0);
+    for (const auto& r : requests) {
+      ExpectSameOutput(collector.Get(r.request_id), RunAlone(r, {}, &tokenizer),
+                       absl::StrCat(r.request_id, blocks ? " (tight KV)" : ""));
+    }
+    EXPECT_EQ(engine->Stats().kv_blocks_free, engine->Stats().kv_blocks_total);
+  }
+}
+
 TEST(Engine, ChunkedPrefillEqualsOneShotPrefill) {
   for (float temperature : {0.0f, 1.0f}) {
     GenerationRequest request = MakeRequest("long", RandomPrompt(7, 50), 12, temperature, 99);
@@ -649,6 +678,10 @@ TEST(Engine, CreateRejectsBadOptionsAndSizesTheKvCacheFromBytes) {
   options = SmallOptions();
   options.max_num_batched_tokens = 0;
   EXPECT_EQ(create(options).status().code(), absl::StatusCode::kInvalidArgument);
+  options = SmallOptions();
+  options.max_prefill_only_steps = 0;
+  ExpectInvalid(create(options).status(), absl::StatusCode::kInvalidArgument,
+                "max_prefill_only_steps is 0: it must be at least 1");
   options = SmallOptions();
   options.max_model_len = 300;
   ExpectInvalid(create(options).status(), absl::StatusCode::kInvalidArgument,

@@ -1,6 +1,8 @@
 #include "worker/engine/scheduler.h"
 
+#include <algorithm>
 #include <memory>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -116,6 +118,88 @@ TEST(Scheduler, DecodeWithoutABlockPreemptsTheMostRecentlyAdmitted) {
   EXPECT_EQ(b->token_ids.size(), 3u);  // its generated token is kept, to be recomputed
   EXPECT_EQ(scheduler.waiting().front(), b.get());
   EXPECT_EQ(scheduler.total_preemptions(), 1);
+}
+
+SchedulerOptions PrefillFirst(int32_t max_num_seqs, int32_t budget, int32_t max_prefill_only) {
+  SchedulerOptions o;
+  o.max_num_seqs = max_num_seqs;
+  o.max_num_batched_tokens = budget;
+  o.policy = SchedulingPolicy::kPrefillFirst;
+  o.max_prefill_only_steps = max_prefill_only;
+  return o;
+}
+
+// The same arrivals as DecodesComeFirstThenPrefillChunksShareTheBudget, prefill-first: while c's
+// prompt is fed (4 chunks of the 6-token budget), a and b wait; then all three decode together.
+TEST(Scheduler, PrefillFirstPrefillsArrivalsBeforeTheDecodesResume) {
+  KvCacheManager kv(64, 4);
+  Scheduler scheduler(PrefillFirst(8, 6, 16), &kv);
+  auto a = MakeSeq(0, 3);
+  auto b = MakeSeq(1, 3);
+  AddAll(scheduler, {a.get(), b.get()});
+  CompleteStep(scheduler, scheduler.Schedule());  // both prefilled (3 + 3): nobody decoded yet
+  ASSERT_TRUE(a->is_decode() && b->is_decode());
+  auto c = MakeSeq(2, 20);
+  scheduler.AddWaiting(c.get());
+  std::vector<int32_t> chunks;
+  while (!c->is_decode()) {
+    SchedulerOutput out = scheduler.Schedule();
+    ASSERT_EQ(out.scheduled.size(), 1u) << "only c's prefill while it lasts";
+    ASSERT_EQ(out.scheduled[0].seq, c.get());
+    chunks.push_back(out.scheduled[0].num_new_tokens);
+    CompleteStep(scheduler, out);
+  }
+  EXPECT_EQ(chunks, (std::vector<int32_t>{6, 6, 6, 2}));
+  SchedulerOutput out = scheduler.Schedule();
+  EXPECT_EQ(out.scheduled.size(), 3u);
+  EXPECT_EQ(TokensOf(out, a.get()), 1);
+  EXPECT_EQ(TokensOf(out, b.get()), 1);
+  EXPECT_EQ(TokensOf(out, c.get()), 1);
+}
+
+// The decodes wait max_prefill_only_steps steps in a row at most: a 30-token prompt fed 5 tokens
+// a step would hold them for 6 steps; with a bound of 2, every third step carries the decode
+// (and the rest of the budget goes to the prompt's next chunk, as in the mixed policy).
+TEST(Scheduler, PrefillFirstLetsTheDecodesRunAfterTheBound) {
+  KvCacheManager kv(64, 4);
+  Scheduler scheduler(PrefillFirst(8, 5, 2), &kv);
+  auto a = MakeSeq(0, 2);
+  scheduler.AddWaiting(a.get());
+  CompleteStep(scheduler, scheduler.Schedule());
+  ASSERT_TRUE(a->is_decode());
+  auto c = MakeSeq(1, 30);
+  scheduler.AddWaiting(c.get());
+  std::string pattern;  // P: prefill only, M: a's decode with c's chunk
+  while (!c->is_decode()) {
+    SchedulerOutput out = scheduler.Schedule();
+    const int32_t a_tokens = TokensOf(out, a.get());
+    pattern += a_tokens ? 'M' : 'P';
+    EXPECT_EQ(TokensOf(out, c.get()), a_tokens ? std::min(4, 30 - c->num_computed_tokens)
+                                               : std::min(5, 30 - c->num_computed_tokens));
+    CompleteStep(scheduler, out);
+    ASSERT_LT(pattern.size(), 20u);
+  }
+  EXPECT_EQ(pattern, "PPMPPMP");  // c: 5+5+4+5+5+4+2 = 30
+}
+
+// With nothing to prefill (the waiting head does not fit max_num_seqs), prefill-first schedules
+// the decodes: a waiting request never stalls the running ones.
+TEST(Scheduler, PrefillFirstDecodesWhenNothingCanBeAdmitted) {
+  KvCacheManager kv(64, 4);
+  Scheduler scheduler(PrefillFirst(/*max_num_seqs=*/1, 100, 16), &kv);
+  auto a = MakeSeq(0, 2);
+  auto b = MakeSeq(1, 2);
+  AddAll(scheduler, {a.get(), b.get()});
+  CompleteStep(scheduler, scheduler.Schedule());  // a admitted; b waits for a slot
+  ASSERT_TRUE(a->is_decode());
+  for (int step = 0; step < 3; ++step) {
+    SchedulerOutput out = scheduler.Schedule();
+    ASSERT_EQ(out.scheduled.size(), 1u);
+    EXPECT_EQ(out.scheduled[0].seq, a.get());
+    EXPECT_EQ(out.scheduled[0].num_new_tokens, 1);
+    CompleteStep(scheduler, out);
+  }
+  EXPECT_EQ(scheduler.waiting().front(), b.get());
 }
 
 TEST(Scheduler, RemoveFreesBlocksWherever) {
