@@ -183,30 +183,48 @@ TEST(Engine, SixteenConcurrentRequestsGiveTheSameTokensAsEachAlone) {
   EXPECT_EQ(stats.running + stats.waiting, 0);
 }
 
+// Submits SixteenRequests() to engine, runs it until idle and returns the requests (a failure is
+// reported to the test, which should stop on HasFailure()).
+std::vector<GenerationRequest> RunSixteen(Engine& engine, Collector& collector) {
+  auto requests = SixteenRequests();
+  for (const auto& r : requests) {
+    const absl::Status st = engine.Submit(r, collector.For(r.request_id));
+    EXPECT_TRUE(st.ok()) << st;
+    if (!st.ok()) return requests;
+  }
+  const absl::Status run = engine.RunUntilIdle();
+  EXPECT_TRUE(run.ok()) << run;
+  return requests;
+}
+
+// Too few KV blocks for SixteenRequests() at once: 56 tokens for 16 requests needing up to 55 each.
+EngineOptions TightKvOptions() {
+  EngineOptions options = SmallOptions();
+  options.num_kv_blocks = 14;
+  options.max_num_batched_tokens = 32;
+  options.max_num_seqs = 6;
+  return options;
+}
+
 // The prefill-first policy changes which steps a request's tokens run in, never the tokens: the
 // sixteen requests with chunked prefills, and again with too few KV blocks (preemptions).
 TEST(Engine, PrefillFirstGivesEveryRequestTheTokensItGetsAlone) {
   FakeTokenizer tokenizer;
-  for (int32_t blocks : {0, 14}) {
-    EngineOptions options = SmallOptions();
+  for (bool tight : {false, true}) {
+    EngineOptions options = tight ? TightKvOptions() : SmallOptions();
+    if (!tight) options.max_num_batched_tokens = 24;  // chunked prefills
     options.scheduling = SchedulingPolicy::kPrefillFirst;
     options.max_prefill_only_steps = 3;
-    options.max_num_batched_tokens = blocks ? 32 : 24;
-    if (blocks) {
-      options.num_kv_blocks = blocks;
-      options.max_num_seqs = 6;
-    }
     FakeBackendRecord record;
     auto engine = MakeEngine(options, {}, &tokenizer, &record);
     Collector collector;
-    auto requests = SixteenRequests();
-    for (const auto& r : requests) ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
-    ASSERT_TRUE(engine->RunUntilIdle().ok());
-    EXPECT_GE(record.max_seqs_in_step, blocks ? 2 : 8);
-    if (blocks) EXPECT_GT(engine->Stats().preemptions, 0);
+    const auto requests = RunSixteen(*engine, collector);
+    if (HasFailure()) return;
+    EXPECT_GE(record.max_seqs_in_step, tight ? 2 : 8);
+    if (tight) EXPECT_GT(engine->Stats().preemptions, 0);
     for (const auto& r : requests) {
       ExpectSameOutput(collector.Get(r.request_id), RunAlone(r, {}, &tokenizer),
-                       absl::StrCat(r.request_id, blocks ? " (tight KV)" : ""));
+                       absl::StrCat(r.request_id, tight ? " (tight KV)" : ""));
     }
     EXPECT_EQ(engine->Stats().kv_blocks_free, engine->Stats().kv_blocks_total);
   }
@@ -236,16 +254,12 @@ TEST(Engine, ChunkedPrefillEqualsOneShotPrefill) {
 
 TEST(Engine, KvExhaustionPreemptsAndStillCompletesEveryRequestIdentically) {
   FakeTokenizer tokenizer;
-  EngineOptions options = SmallOptions();
-  options.num_kv_blocks = 14;  // 56 tokens for 16 requests needing up to 55 each
-  options.max_num_batched_tokens = 32;
-  options.max_num_seqs = 6;
+  EngineOptions options = TightKvOptions();
   FakeBackendRecord record;
   auto engine = MakeEngine(options, {}, &tokenizer, &record);
   Collector collector;
-  auto requests = SixteenRequests();
-  for (const auto& r : requests) ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
-  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  const auto requests = RunSixteen(*engine, collector);
+  if (HasFailure()) return;
   EngineStats stats = engine->Stats();
   EXPECT_GT(stats.preemptions, 0);
   EXPECT_EQ(stats.kv_blocks_free, stats.kv_blocks_total);

@@ -63,27 +63,33 @@ bool NormWeightStaging(NormStageSite site) {
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
 
-bool AddNormPipelined() {
-  static const bool from_env = [] {
-    const char* env = std::getenv("GLM_CUDA_NORM_PIPE");
-    return env != nullptr && std::strcmp(env, "1") == 0;
-  }();
-  const int forced = g_norm_pipe_override.load(std::memory_order_relaxed);
+namespace {
+// An opt-in switch: on where its environment variable is "1" (read once by the caller), unless a
+// test's override (1 on, 0 off; -1 none) says otherwise.
+bool EnvIsOne(const char* name) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
+bool OptInSwitch(const std::atomic<int>& override_mode, bool from_env) {
+  const int forced = override_mode.load(std::memory_order_relaxed);
   return forced >= 0 ? forced == 1 : from_env;
 }
+void SetOverride(std::atomic<int>& override_mode, int mode) {
+  override_mode.store(mode < 0 ? -1 : mode != 0);
+}
+}  // namespace
 
-void OverrideAddNormPipeline(int mode) { g_norm_pipe_override.store(mode < 0 ? -1 : mode != 0); }
+bool AddNormPipelined() {
+  static const bool from_env = EnvIsOne("GLM_CUDA_NORM_PIPE");
+  return OptInSwitch(g_norm_pipe_override, from_env);
+}
+void OverrideAddNormPipeline(int mode) { SetOverride(g_norm_pipe_override, mode); }
 
 bool SiluMulOneWave() {
-  static const bool from_env = [] {
-    const char* env = std::getenv("GLM_CUDA_SILU_WAVE");
-    return env != nullptr && std::strcmp(env, "1") == 0;
-  }();
-  const int forced = g_silu_wave_override.load(std::memory_order_relaxed);
-  return forced >= 0 ? forced == 1 : from_env;
+  static const bool from_env = EnvIsOne("GLM_CUDA_SILU_WAVE");
+  return OptInSwitch(g_silu_wave_override, from_env);
 }
-
-void OverrideSiluMulOneWave(int mode) { g_silu_wave_override.store(mode < 0 ? -1 : mode != 0); }
+void OverrideSiluMulOneWave(int mode) { SetOverride(g_silu_wave_override, mode); }
 
 namespace {
 // Every thread reads its 16-byte vectors through the L2 (ld.global.cg) and folds them into a

@@ -88,6 +88,31 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
     o[d] = FromFloat<Act>(RoundTo<Act>(row[d] * inv) * ToFloat(weight[d]));
 }
 
+// The norm weights a 16-byte-vector row kernel reads, and the PDL wait: with stage (where
+// kNormStageable), weight and post_weight (may be null) are copied to s_w and s_w + D in shared
+// memory before GridDependencyWait() (StageNormWeights), so the copies overlap the predecessor's
+// tail. wait_copies: wait for them here; else they complete with the caller's first cp.async group.
+template <typename Weight>
+struct RowNormWeights {
+  const Weight* w;
+  const Weight* post_w;  // null without a post norm
+};
+template <typename Act, typename Weight>
+__device__ __forceinline__ RowNormWeights<Weight> NormWeightsAfterWait(const Weight* post_weight,
+                                                                       const Weight* weight,
+                                                                       Weight* s_w, int D,
+                                                                       bool stage, bool wait_copies) {
+  Weight* const s_post = s_w + D;
+  const bool staged = kNormStageable<Act, Weight> && stage;
+  if constexpr (kNormStageable<Act, Weight>) {
+    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_post, s_w, D);
+  }
+  GridDependencyWait();
+  LaunchDependents();
+  if (staged && wait_copies) CopyToSharedWait();
+  return {staged ? s_w : weight, post_weight == nullptr ? nullptr : staged ? s_post : post_weight};
+}
+
 // AddRmsNormKernel on 16-byte vectors (D a multiple of the vector width), the shared row code of
 // norm_row.cuh: every load of a pass can be in flight at once (the shared-memory kernel's loops
 // issue one dependent load after another). kPer > 0: the row in registers (AddRmsNormRowRegs,
@@ -103,17 +128,8 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     bool stage) {
   __shared__ float scratch[32];
   extern __shared__ __align__(16) unsigned char norm_smem[];
-  Weight* const s_w = reinterpret_cast<Weight*>(norm_smem);
-  Weight* const s_post = s_w + D;
-  const bool staged = kNormStageable<Act, Weight> && stage;
-  if constexpr (kNormStageable<Act, Weight>) {
-    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_post, s_w, D);
-  }
-  GridDependencyWait();
-  LaunchDependents();
-  if (staged) CopyToSharedWait();
-  const Weight* w = staged ? s_w : weight;
-  const Weight* post_w = post_weight == nullptr ? nullptr : staged ? s_post : post_weight;
+  const auto [w, post_w] = NormWeightsAfterWait<Act, Weight>(
+      post_weight, weight, reinterpret_cast<Weight*>(norm_smem), D, stage, /*wait_copies=*/true);
   const int i = blockIdx.x;
   const int r = row_index ? row_index[i] : i;
   Act* res = residual + static_cast<int64_t>(r) * D;
@@ -148,17 +164,9 @@ AddRmsNormPipeKernel(Act* residual, const Act* __restrict__ delta,
   constexpr int kV = TVec<Act>::kN;
   __shared__ float scratch[32];
   extern __shared__ __align__(16) unsigned char norm_smem[];
-  Act* const ring = reinterpret_cast<Act*>(norm_smem);  // [2][residual | delta][D]
-  Weight* const s_w = reinterpret_cast<Weight*>(ring + 4 * D);
-  Weight* const s_post = s_w + D;
-  const bool staged = kNormStageable<Act, Weight> && stage;
-  if constexpr (kNormStageable<Act, Weight>) {
-    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_post, s_w, D);
-  }
-  GridDependencyWait();
-  LaunchDependents();
-  const Weight* w = staged ? s_w : weight;
-  const Weight* post_w = post_weight == nullptr ? nullptr : staged ? s_post : post_weight;
+  Act* const ring = reinterpret_cast<Act*>(norm_smem);  // [2][residual | delta][D], then weights
+  const auto [w, post_w] = NormWeightsAfterWait<Act, Weight>(
+      post_weight, weight, reinterpret_cast<Weight*>(ring + 4 * D), D, stage, /*wait_copies=*/false);
   const int nvec = D / kV;
   // Row r's vectors of this thread into ring stage buf, as one cp.async group (the staged weights
   // above, if any, complete with the first group).
