@@ -136,26 +136,6 @@ enum class NormStageSite { kGemvPrologue, kAddNorm };
 bool NormWeightStaging(NormStageSite site);
 void OverrideNormWeightStaging(int mode);
 
-// Whether LaunchAddRmsNorm walks many contiguous rows (at least two a block of its grid: the
-// prefill's) with the pipelined kernel (AddRmsNormPipeKernel: each block loads its next row before
-// it reduces and stores the current one) instead of a block a row. The same bits either way.
-// GLM_CUDA_NORM_PIPE=1 turns it on (a benchmark switch, read once; off by default until measured);
-// OverrideAddNormPipeline: 1 on, 0 off, -1 back to the environment (tests run both paths).
-bool AddNormPipelined();
-void OverrideAddNormPipeline(int mode);
-// Whether LaunchSiluMul runs row counts that fit one wave of its grid at four vectors a thread
-// (decode: T = 256 is 2.3 waves of the row-and-column grid) as one wave, each thread 1-4 vector
-// pairs with all its loads in flight (SiluMulWaveKernel). The same bits either way.
-// GLM_CUDA_SILU_WAVE=1 turns it on (read once; off by default until measured);
-// OverrideSiluMulOneWave: 1 on, 0 off, -1 back to the environment.
-bool SiluMulOneWave();
-void OverrideSiluMulOneWave(int mode);
-// The wave's threads on the current GPU (0 while off): the kernel takes up to 4x that many vectors.
-int SiluMulWaveThreads(KernelTypes types);
-// The pipelined kernel's grid for this shape on the current GPU (0: not for this D), so the
-// kernel is used for rows >= 2 * grid.
-int AddNormPipelineGrid(KernelTypes types, int D, bool with_post);
-
 // Memory-bound small-M GEMM: y[M, N] = alpha * x[M, K] . w[N, K]^T, x and w in the weight type,
 // y in the act type, fp32 accumulation; alpha: device scalar or null (1). For decode (M <= 4).
 // Narrow shapes split K over up to 4 warps of a block (GemvSplitK); results depend on the split

@@ -15,8 +15,6 @@ namespace cuda {
 namespace {
 std::atomic<bool> g_programmatic_launch{false};
 std::atomic<int> g_norm_stage_override{-1};  // OverrideNormWeightStaging
-std::atomic<int> g_norm_pipe_override{-1};   // OverrideAddNormPipeline
-std::atomic<int> g_silu_wave_override{-1};   // OverrideSiluMulOneWave
 
 int CurrentDeviceAttribute(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
@@ -62,34 +60,6 @@ bool NormWeightStaging(NormStageSite site) {
 }
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
-
-namespace {
-// An opt-in switch: on where its environment variable is "1" (read once by the caller), unless a
-// test's override (1 on, 0 off; -1 none) says otherwise.
-bool EnvIsOne(const char* name) {
-  const char* env = std::getenv(name);
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
-bool OptInSwitch(const std::atomic<int>& override_mode, bool from_env) {
-  const int forced = override_mode.load(std::memory_order_relaxed);
-  return forced >= 0 ? forced == 1 : from_env;
-}
-void SetOverride(std::atomic<int>& override_mode, int mode) {
-  override_mode.store(mode < 0 ? -1 : mode != 0);
-}
-}  // namespace
-
-bool AddNormPipelined() {
-  static const bool from_env = EnvIsOne("GLM_CUDA_NORM_PIPE");
-  return OptInSwitch(g_norm_pipe_override, from_env);
-}
-void OverrideAddNormPipeline(int mode) { SetOverride(g_norm_pipe_override, mode); }
-
-bool SiluMulOneWave() {
-  static const bool from_env = EnvIsOne("GLM_CUDA_SILU_WAVE");
-  return OptInSwitch(g_silu_wave_override, from_env);
-}
-void OverrideSiluMulOneWave(int mode) { SetOverride(g_silu_wave_override, mode); }
 
 namespace {
 // Every thread reads its 16-byte vectors through the L2 (ld.global.cg) and folds them into a

@@ -173,13 +173,13 @@ __device__ void AddRmsNormRow(const Act* res_in, const Act* delta, const Weight*
 // each, unpacked where used: half the registers of floats, so more blocks fit an SM). The same
 // thread-to-vector map and summation order, so the same bits as AddRmsNormRow (kernels_test
 // checks it through the standalone kernel and the GEMV prologue). res_out may equal res_in.
-// Split in two so a caller can issue the next row's loads (LoadRowRegs) before this row's
-// arithmetic and stores (AddRmsNormRegs): the pipelined kernel of norm_embed.cu.
-template <typename Act, int kThreads, int kPer>
-__device__ __forceinline__ void LoadRowRegs(const Act* res_in, const Act* delta, int D,
-                                            int4 (&xr)[kPer], int4 (&dr)[kPer]) {
+template <typename Act, typename Weight, int kThreads, int kPer>
+__device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Weight* post_w,
+                                  const Weight* w, Act* res_out, Act* out, int D, float eps,
+                                  float* scratch /* [32] */) {
   constexpr int kV = TVec<Act>::kN;
   const int nvec = D / kV;
+  int4 xr[kPer], dr[kPer];
 #pragma unroll
   for (int p = 0; p < kPer; ++p) {
     const int v = threadIdx.x + p * kThreads;
@@ -188,17 +188,8 @@ __device__ __forceinline__ void LoadRowRegs(const Act* res_in, const Act* delta,
       if (delta != nullptr) dr[p] = *reinterpret_cast<const int4*>(delta + v * kV);
     }
   }
-}
-// has_delta: dr holds the delta row (LoadRowRegs with delta != nullptr).
-template <typename Act, typename Weight, int kThreads, int kPer>
-__device__ __forceinline__ void AddRmsNormRegs(int4 (&xr)[kPer], const int4 (&dr)[kPer],
-                                               bool has_delta, const Weight* post_w,
-                                               const Weight* w, Act* res_out, Act* out, int D,
-                                               float eps, float* scratch /* [32] */) {
-  constexpr int kV = TVec<Act>::kN;
-  const int nvec = D / kV;
   float inv_post = 0.f;
-  if (has_delta && post_w != nullptr) {
+  if (delta != nullptr && post_w != nullptr) {
     float ss = 0.f;
 #pragma unroll
     for (int p = 0; p < kPer; ++p) {
@@ -217,7 +208,7 @@ __device__ __forceinline__ void AddRmsNormRegs(int4 (&xr)[kPer], const int4 (&dr
     if (v >= nvec) continue;
     float x[kV];
     Vec16<Act>::Unpack(xr[p], x);
-    if (has_delta) {
+    if (delta != nullptr) {
       float d[kV];
       Vec16<Act>::Unpack(dr[p], d);
       AddDelta<Act, Weight, kV>(x, d, post_w, v * kV, inv_post);
@@ -236,15 +227,6 @@ __device__ __forceinline__ void AddRmsNormRegs(int4 (&xr)[kPer], const int4 (&dr
     ScaleByNorm<Act, Weight, kV>(x, w + v * kV, inv);
     TVec<Act>::Store(out + v * kV, x);
   }
-}
-template <typename Act, typename Weight, int kThreads, int kPer>
-__device__ void AddRmsNormRowRegs(const Act* res_in, const Act* delta, const Weight* post_w,
-                                  const Weight* w, Act* res_out, Act* out, int D, float eps,
-                                  float* scratch /* [32] */) {
-  int4 xr[kPer], dr[kPer];
-  LoadRowRegs<Act, kThreads, kPer>(res_in, delta, D, xr, dr);
-  AddRmsNormRegs<Act, Weight, kThreads, kPer>(xr, dr, delta != nullptr, post_w, w, res_out, out, D,
-                                              eps, scratch);
 }
 
 }  // namespace cuda
