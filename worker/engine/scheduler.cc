@@ -12,9 +12,10 @@ namespace glm {
 absl::StatusOr<SchedulingPolicy> ParseSchedulingPolicy(std::string_view name) {
   if (name == "mixed") return SchedulingPolicy::kMixed;
   if (name == "prefill-first") return SchedulingPolicy::kPrefillFirst;
-  return absl::InvalidArgumentError(absl::StrCat(
-      "unknown scheduling policy \"", std::string(name), "\": use \"mixed\" (decodes ride with prefill chunks) or ",
-      "\"prefill-first\" (prefill steps first while requests arrive)"));
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown scheduling policy \"", std::string(name),
+                   "\": use \"mixed\" (decodes ride with prefill chunks) or \"prefill-first\" "
+                   "(prefill steps first while requests arrive)"));
 }
 
 const char* SchedulingPolicyName(SchedulingPolicy policy) {
