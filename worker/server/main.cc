@@ -119,7 +119,8 @@ ModelSessionOptions SessionOptionsFromFlags() {
   options.engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
   // Checked in Run() before anything starts (a bad value exits 2 with the parser's message).
-  const absl::StatusOr<SchedulingPolicy> policy = ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
+  const absl::StatusOr<SchedulingPolicy> policy =
+      ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
   options.engine.scheduling = policy.ok() ? *policy : SchedulingPolicy::kMixed;
   options.engine.max_prefill_only_steps = absl::GetFlag(FLAGS_max_prefill_only_steps);
   return options;
@@ -159,7 +160,8 @@ int Run() {
     std::cerr << "glm-worker: " << valid.message() << "\n";
     return 2;
   }
-  if (absl::StatusOr<SchedulingPolicy> policy = ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
+  if (absl::StatusOr<SchedulingPolicy> policy =
+          ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
       !policy.ok()) {
     std::cerr << "glm-worker: --scheduling: " << policy.status().message() << "\n";
     return 2;
