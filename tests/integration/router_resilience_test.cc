@@ -370,7 +370,19 @@ TEST_F(RouterResilience, PrefillFirstWorkerStreamsWhatAMixedOneDoesAndABadPolicy
       flags.push_back("--scheduling=prefill-first");
       flags.push_back("--max-prefill-only-steps=2");
     }
-    auto workers = Workers(*router, {prefill_first ? "pf0" : "mx0"}, flags);
+    const std::string id = prefill_first ? "pf0" : "mx0";
+    auto workers = Workers(*router, {id}, flags);
+    // The policy reached the engine: the worker names it when it starts serving.
+    std::string log;
+    EXPECT_TRUE(WaitFor(
+        [&] {
+          std::ifstream log_file(dir_ + "/" + id + ".log");
+          log.assign(std::istreambuf_iterator<char>(log_file), std::istreambuf_iterator<char>());
+          return log.find(prefill_first ? "prefill-first scheduling" : "mixed scheduling") !=
+                 std::string::npos;
+        },
+        absl::Seconds(10)))
+        << id << "'s log:\n" << log;
     Streams streams(requests.size());
     streams.Start(router->address(), requests, absl::Seconds(60));
     streams.Join();

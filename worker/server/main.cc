@@ -302,7 +302,8 @@ int Run() {
   std::fflush(stdout);
   GLM_LOG(INFO) << "serving " << pool << " on port " << port << " (device "
                 << (*session)->device().Describe() << ", precision " << precision_name
-                << ", non-finite guard on)";
+                << ", " << SchedulingPolicyName(engine->options().scheduling)
+                << " scheduling, non-finite guard on)";
 
   int sig = WaitForShutdownSignal();
   GLM_LOG(INFO) << "signal " << sig << ": draining";
