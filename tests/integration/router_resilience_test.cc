@@ -354,7 +354,7 @@ TEST_F(RouterResilience, PrefillFirstWorkerStreamsWhatAMixedOneDoesAndABadPolicy
   }
   auto [code, out] = RunCommand({"/bin/sh", "-c", command + "2>&1"}, absl::Seconds(30));
   EXPECT_EQ(code, 2) << out;
-  EXPECT_NE(out.find("unknown scheduling policy \"fifo\""), std::string::npos) << out;
+  EXPECT_NE(out.find("--scheduling: unknown scheduling policy \"fifo\""), std::string::npos) << out;
   EXPECT_NE(out.find("prefill-first"), std::string::npos) << out;
 
   std::vector<glm::v1::GenerateRequest> requests;

@@ -83,12 +83,9 @@ namespace {
 // Set when the tensor-parallel group broke: the worker deregisters and exits non-zero.
 std::atomic<bool> g_tp_group_failed{false};
 
-ModelSessionOptions SessionOptionsFromFlags();
-
 absl::StatusOr<std::unique_ptr<ModelSession>> OpenModel(
-    const std::string& worker_name, std::function<void(const StepInfo&)> step_observer,
-    TpGroup* tp_group = nullptr) {
-  ModelSessionOptions options = SessionOptionsFromFlags();
+    ModelSessionOptions options, const std::string& worker_name,
+    std::function<void(const StepInfo&)> step_observer, TpGroup* tp_group = nullptr) {
   if (options.model_dir.empty()) {
     return absl::InvalidArgumentError("--model is required: a checkpoint directory");
   }
@@ -104,7 +101,9 @@ absl::StatusOr<std::unique_ptr<ModelSession>> OpenModel(
   return ModelSession::Open(options);
 }
 
-ModelSessionOptions SessionOptionsFromFlags() {
+// The session options the flags give; a flag value no parser accepts is an error naming the flag
+// (Run() exits 2 with it before anything starts).
+absl::StatusOr<ModelSessionOptions> SessionOptionsFromFlags() {
   ModelSessionOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   options.backend = absl::GetFlag(FLAGS_backend);
@@ -118,10 +117,12 @@ ModelSessionOptions SessionOptionsFromFlags() {
   options.engine.max_num_batched_tokens = absl::GetFlag(FLAGS_max_batched_tokens);
   options.engine.max_model_len = absl::GetFlag(FLAGS_max_model_len);
   options.engine.max_waiting = absl::GetFlag(FLAGS_max_waiting);
-  // Checked in Run() before anything starts (a bad value exits 2 with the parser's message).
   const absl::StatusOr<SchedulingPolicy> policy =
       ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
-  options.engine.scheduling = policy.ok() ? *policy : SchedulingPolicy::kMixed;
+  if (!policy.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("--scheduling: ", policy.status().message()));
+  }
+  options.engine.scheduling = *policy;
   options.engine.max_prefill_only_steps = absl::GetFlag(FLAGS_max_prefill_only_steps);
   return options;
 }
@@ -160,13 +161,12 @@ int Run() {
     std::cerr << "glm-worker: " << valid.message() << "\n";
     return 2;
   }
-  if (absl::StatusOr<SchedulingPolicy> policy =
-          ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling));
-      !policy.ok()) {
-    std::cerr << "glm-worker: --scheduling: " << policy.status().message() << "\n";
+  absl::StatusOr<ModelSessionOptions> session_options = SessionOptionsFromFlags();
+  if (!session_options.ok()) {
+    std::cerr << "glm-worker: " << session_options.status().message() << "\n";
     return 2;
   }
-  if (tp_options.tp_rank > 0) return RunTpFollowerProcess(tp_options, SessionOptionsFromFlags());
+  if (tp_options.tp_rank > 0) return RunTpFollowerProcess(tp_options, *session_options);
   std::unique_ptr<TpGroup> tp_group;  // declared before the session: outlives its engine
   if (tp_size > 1) {
     absl::StatusOr<std::unique_ptr<TpGroup>> started = TpGroup::StartRank0(tp_options);
@@ -184,10 +184,12 @@ int Run() {
   };
   auto step_sink = std::make_shared<StepMetricsSink>();
   absl::StatusOr<std::unique_ptr<ModelSession>> session =
-      OpenModel(worker_id.empty() ? "glm-worker" : worker_id, [step_sink](const StepInfo& info) {
-        WorkerMetrics* m = step_sink->metrics.load();
-        if (m != nullptr) m->StepDone(info, *step_sink->backend.load());
-      }, tp_group.get());
+      OpenModel(*std::move(session_options), worker_id.empty() ? "glm-worker" : worker_id,
+                [step_sink](const StepInfo& info) {
+                  WorkerMetrics* m = step_sink->metrics.load();
+                  if (m != nullptr) m->StepDone(info, *step_sink->backend.load());
+                },
+                tp_group.get());
   if (!session.ok()) {
     std::cerr << "glm-worker: " << session.status().message() << "\n";
     return 2;
