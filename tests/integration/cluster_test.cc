@@ -285,6 +285,62 @@ TEST_F(Cluster, MetricsMoveWithARequest) {
   EXPECT_EQ(SumMetric(*worker_metrics, "glm_worker_info", "precision=\"fp32\""), 1);
 }
 
+// Prefix caching (on by default in glm-worker): a worker that served a prompt computes only
+// what follows its full blocks the next time; it reports the cached tokens in the usage and its
+// metrics, and the tokens are those of a worker that computed everything.
+TEST_F(Cluster, WorkerPrefixCacheReusesASharedPromptAndChangesNoToken) {
+  auto generate = [](const Node& worker, const std::string& id, const std::vector<int32_t>& prompt) {
+    auto stub = glm::v1::Worker::NewStub(*MakeChannel(worker.address()));
+    grpc::ClientContext context;
+    context.set_deadline(In(absl::Seconds(60)));
+    glm::v1::WorkerGenerateRequest request;
+    request.set_request_id(id);
+    for (int32_t token : prompt) request.add_prompt_token_ids(token);
+    request.set_max_tokens(6);
+    request.set_ignore_eos(true);
+    request.mutable_sampling()->set_temperature(0);
+    auto reader = stub->Generate(&context, request);
+    StreamResult result;
+    glm::v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      result.ids.insert(result.ids.end(), response.token_ids().begin(), response.token_ids().end());
+      if (response.has_final()) result.final_info = response.final();
+    }
+    result.status = reader->Finish();
+    return result;
+  };
+  std::vector<int32_t> shared;  // 40 tokens: 2 full blocks of 16, then 8
+  for (int i = 0; i < 40; ++i) shared.push_back(200 + 7 * i);  // < 512, the tiny vocabulary
+  std::vector<int32_t> follow_up = shared;
+  for (int32_t token : {11, 12, 13}) follow_up.push_back(token);
+
+  const Node& w0 = *workers_["w0"];
+  const Node& w1 = *workers_["w1"];
+  auto before = HttpGet("127.0.0.1", w0.metrics_port, "/metrics");
+  ASSERT_TRUE(before.ok()) << before.status();
+  const StreamResult fresh = generate(w1, "prefix-fresh", follow_up);  // w1 never saw this prefix
+  ASSERT_TRUE(fresh.status.ok()) << fresh.status.error_message();
+  EXPECT_EQ(fresh.final_info.usage().cached_prompt_tokens(), 0);
+  const StreamResult first = generate(w0, "prefix-first", shared);
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.final_info.usage().cached_prompt_tokens(), 0);
+  const StreamResult cached = generate(w0, "prefix-cached", follow_up);
+  ASSERT_TRUE(cached.status.ok()) << cached.status.error_message();
+  EXPECT_EQ(cached.final_info.usage().prompt_tokens(), 43);
+  EXPECT_EQ(cached.final_info.usage().cached_prompt_tokens(), 32);
+  EXPECT_EQ(cached.ids, fresh.ids) << "the cached blocks gave other tokens than a full compute";
+  EXPECT_EQ(cached.ids.size(), 6u);
+
+  auto after = HttpGet("127.0.0.1", w0.metrics_port, "/metrics");
+  ASSERT_TRUE(after.ok()) << after.status();
+  auto delta = [&](const std::string& metric) {
+    return SumMetric(*after, metric) - std::max(0.0, SumMetric(*before, metric));
+  };
+  EXPECT_EQ(delta("glm_worker_prefix_cache_hit_tokens_total"), 32);
+  EXPECT_EQ(delta("glm_worker_prefix_cache_queried_tokens_total"), 40 + 43);
+  EXPECT_GE(SumMetric(*after, "glm_worker_prefix_cache_blocks"), 2);
+}
+
 TEST_F(Cluster, HealthServingAndGlmctlShowsWorkers) {
   for (const std::string& address : {router(), workers_["w0"]->address()}) {
     auto stub = grpc::health::v1::Health::NewStub(*MakeChannel(address));

@@ -127,7 +127,7 @@ class Engine::Impl {
         tokenizer_(tokenizer),
         vocab_size_(static_cast<int32_t>(backend_->config().vocab_size)),
         eos_ids_(backend_->config().eos_token_ids),
-        kv_cache_(options_.num_kv_blocks, options_.block_size),
+        kv_cache_(options_.num_kv_blocks, options_.block_size, options_.enable_prefix_caching),
         scheduler_({options_.max_num_seqs, options_.max_num_batched_tokens, options_.scheduling,
                     options_.max_prefill_only_steps},
                    &kv_cache_) {
@@ -292,7 +292,9 @@ std::string Engine::Impl::ReleaseText(Sequence* seq, const std::string& piece, b
 
 void Engine::Impl::Finish(Sequence* seq, FinishReason reason, absl::Status error) {
   seq->finish_reason = reason;
-  scheduler_.Remove(seq);  // frees its KV blocks now
+  // Frees its KV blocks now; after an error (a failed forward, non-finite logits) its blocks
+  // also leave the prefix cache: no later request may build on those K/V.
+  scheduler_.Remove(seq, /*keep_cached=*/reason != FinishReason::kError);
   finished_.push_back(seq);
   if (reason == FinishReason::kCancelled || reason == FinishReason::kError) {
     TokenEvent event;
@@ -302,6 +304,7 @@ void Engine::Impl::Finish(Sequence* seq, FinishReason reason, absl::Status error
     event.error = std::move(error);
     event.prompt_tokens = seq->num_prompt_tokens;
     event.generated_tokens = seq->num_generated();
+    event.cached_prompt_tokens = seq->num_cached_prompt_tokens;
     events_.push_back({seq->callback, std::move(event)});
   }
 }
@@ -326,6 +329,7 @@ void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id) {
   event.index = seq->num_generated() - 1;
   event.prompt_tokens = seq->num_prompt_tokens;
   event.generated_tokens = seq->num_generated();
+  event.cached_prompt_tokens = seq->num_cached_prompt_tokens;
 
   bool stop_hit = false;
   if (seq->detokenizer) {
@@ -472,6 +476,9 @@ void Engine::Impl::PublishStatsLocked() {
   stats_.generated_tokens = generated_tokens_;
   stats_.preemptions = scheduler_.total_preemptions();
   stats_.nonfinite = nonfinite_;
+  stats_.kv_blocks_cached = kv_cache_.num_blocks_cached();
+  stats_.prefix_queried_tokens = scheduler_.prefix_queried_tokens();
+  stats_.prefix_hit_tokens = scheduler_.prefix_hit_tokens();
   stats_.last_batch_size = last_batch_size_;
   scheduler_has_work_ = scheduler_.has_work();
 }

@@ -48,6 +48,11 @@ struct EngineOptions {
   // prefilled (kPrefillFirst, at most max_prefill_only_steps steps in a row): scheduler.h.
   SchedulingPolicy scheduling = SchedulingPolicy::kMixed;
   int32_t max_prefill_only_steps = 16;
+  // Automatic prefix caching (kv_cache_manager.h): full KV blocks stay findable by their tokens
+  // after their request frees them, and a request whose leading tokens match computes only the
+  // rest. Off here (the library default keeps every request computed from scratch); glm-worker
+  // turns it on unless --enable_prefix_caching=false.
+  bool enable_prefix_caching = false;
   int32_t max_model_len = 0;                // 0: config.max_position_embeddings
   int32_t max_waiting = 1024;               // queued requests beyond this: RESOURCE_EXHAUSTED
   std::string worker_name = "local";        // named in error messages
@@ -73,6 +78,9 @@ struct EngineStats {
   int64_t generated_tokens = 0;     // sampled tokens, total
   int64_t preemptions = 0;
   int64_t nonfinite = 0;            // requests failed by the non-finite guard
+  int32_t kv_blocks_cached = 0;     // prefix caching: blocks a lookup can find (in use or free)
+  int64_t prefix_queried_tokens = 0;  // prefix caching: tokens of admissions looked up
+  int64_t prefix_hit_tokens = 0;      // ... and found in the cache (not computed)
   int32_t last_batch_size = 0;
   double kv_usage() const {
     return kv_blocks_total ? 1.0 - double(kv_blocks_free) / kv_blocks_total : 0.0;

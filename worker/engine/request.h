@@ -41,6 +41,7 @@ struct TokenEvent {
   absl::Status error;          // set when finish_reason == kError (e.g. non-finite logits)
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
+  int32_t cached_prompt_tokens = 0;  // prompt tokens the prefix cache held (not computed)
 };
 
 using TokenCallback = std::function<void(const TokenEvent&)>;

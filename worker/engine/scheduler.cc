@@ -37,8 +37,9 @@ void Scheduler::AddWaiting(Sequence* seq) {
 }
 
 void Scheduler::Preempt(Sequence* seq) {
-  kv_cache_->Free(&seq->block_table);
+  kv_cache_->Free(&seq->block_table);  // its full blocks stay cached: the recompute may find them
   seq->num_computed_tokens = 0;
+  seq->num_hashed_blocks = 0;
   seq->num_preemptions++;
   seq->status = SequenceStatus::kWaiting;
   running_.erase(std::find(running_.begin(), running_.end(), seq));
@@ -108,10 +109,26 @@ SchedulerOutput Scheduler::SchedulePass(bool with_decodes, int32_t preempted_bef
   // preempted sequences must not be re-admitted in the very step that evicted them).
   while (preempted_before + out.num_preempted == 0 && budget > 0 && !waiting_.empty() &&
          static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
-    Sequence* seq = waiting_.front();
-    int32_t num_new = std::min(seq->num_uncomputed(), budget);
+    Sequence* seq = waiting_.front();  // nothing computed, no blocks (new or preempted)
+    // Prefix caching: the leading full blocks already in the cache are taken, not computed; at
+    // least the last token is computed (its logits are what the admission is for).
+    std::vector<int32_t> prefix;
+    if (kv_cache_->prefix_caching()) {
+      prefix = kv_cache_->MatchPrefix(seq->token_ids, (seq->num_tokens() - 1) / kv_cache_->block_size());
+    }
+    const int32_t cached = static_cast<int32_t>(prefix.size()) * kv_cache_->block_size();
+    int32_t num_new = std::min(seq->num_tokens() - cached, budget);
     // Strict order: when the head does not fit, nobody behind it jumps the queue.
-    if (!kv_cache_->Allocate(int64_t{seq->num_computed_tokens} + num_new, &seq->block_table)) break;
+    if (!kv_cache_->AllocateWithPrefix(prefix, int64_t{cached} + num_new, &seq->block_table)) break;
+    seq->num_computed_tokens = cached;
+    seq->num_hashed_blocks = static_cast<int32_t>(prefix.size());
+    if (kv_cache_->prefix_caching()) {
+      prefix_queried_tokens_ += seq->num_tokens();
+      prefix_hit_tokens_ += cached;
+      if (seq->num_preemptions == 0) {
+        seq->num_cached_prompt_tokens = std::min(cached, seq->num_prompt_tokens);
+      }
+    }
     waiting_.pop_front();
     seq->status = SequenceStatus::kRunning;
     running_.push_back(seq);
@@ -125,12 +142,15 @@ SchedulerOutput Scheduler::SchedulePass(bool with_decodes, int32_t preempted_bef
 
 void Scheduler::OnStepDone(const SchedulerOutput& output) {
   for (const ScheduledSequence& s : output.scheduled) {
-    s.seq->num_computed_tokens += s.num_new_tokens;
+    Sequence* seq = s.seq;
+    seq->num_computed_tokens += s.num_new_tokens;
+    kv_cache_->CacheFullBlocks(seq->token_ids, seq->num_computed_tokens, seq->block_table,
+                               &seq->num_hashed_blocks);
   }
 }
 
-void Scheduler::Remove(Sequence* seq) {
-  kv_cache_->Free(&seq->block_table);
+void Scheduler::Remove(Sequence* seq, bool keep_cached) {
+  kv_cache_->Free(&seq->block_table, keep_cached);
   if (auto it = std::find(running_.begin(), running_.end(), seq); it != running_.end()) {
     running_.erase(it);
   }

@@ -7,6 +7,9 @@
 // When a running sequence cannot get the KV blocks its tokens need, the most recently admitted
 // running sequence is preempted: its blocks are freed, its computed tokens reset to 0 and it
 // goes to the front of the waiting queue, to be recomputed (prompt + tokens generated so far).
+// With prefix caching (KvCacheManager) an admission first takes the cached blocks that hold its
+// leading tokens (another request's shared prompt, or its own blocks from before a preemption)
+// and computes only the rest; those tokens cost no budget.
 //
 // Two policies for steps that have prefill work while sequences decode:
 //   kMixed (the default): decodes ride in the same step as the prefill chunks (vLLM v1, TGI).
@@ -63,10 +66,12 @@ class Scheduler {
   void AddWaiting(Sequence* seq);
   // Decides this step. Allocates the KV blocks the scheduled tokens need.
   SchedulerOutput Schedule();
-  // Marks the scheduled tokens as computed (after the forward pass ran).
+  // Marks the scheduled tokens as computed (after the forward pass ran) and, with prefix
+  // caching, registers the blocks they filled.
   void OnStepDone(const SchedulerOutput& output);
   // Drops a sequence (finished, cancelled, failed) wherever it is and frees its blocks.
-  void Remove(Sequence* seq);
+  // keep_cached = false: its blocks leave the prefix cache too (a failed step's K/V).
+  void Remove(Sequence* seq, bool keep_cached = true);
 
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
@@ -74,6 +79,9 @@ class Scheduler {
   const std::vector<Sequence*>& running() const { return running_; }  // admission order
   const std::deque<Sequence*>& waiting() const { return waiting_; }   // admission order
   int64_t total_preemptions() const { return total_preemptions_; }
+  // Prefix caching: tokens of admitted sequences looked up, and those found (not computed).
+  int64_t prefix_queried_tokens() const { return prefix_queried_tokens_; }
+  int64_t prefix_hit_tokens() const { return prefix_hit_tokens_; }
 
  private:
   void Preempt(Sequence* seq);
@@ -86,6 +94,8 @@ class Scheduler {
   std::vector<Sequence*> running_;   // admission order: the back is preempted first
   std::deque<Sequence*> waiting_;    // next to admit at the front
   int64_t total_preemptions_ = 0;
+  int64_t prefix_queried_tokens_ = 0;
+  int64_t prefix_hit_tokens_ = 0;
   int32_t prefill_only_in_a_row_ = 0;  // kPrefillFirst: steps since the decodes last ran
 };
 

@@ -31,6 +31,11 @@ struct Sequence {
   int32_t num_prompt_tokens = 0;        // prompt_token_ids.size()
   int32_t num_computed_tokens = 0;      // prefix of token_ids whose K/V are in the cache
   std::vector<int32_t> block_table;     // [ceil(num_computed_tokens / block_size)] physical ids
+  // Prefix caching: leading blocks of block_table hashed for the cache (found there or
+  // registered after their K/V were computed); KvCacheManager::CacheFullBlocks advances it.
+  int32_t num_hashed_blocks = 0;
+  // Prompt tokens the first admission found in the prefix cache (not computed for this request).
+  int32_t num_cached_prompt_tokens = 0;
 
   SequenceStatus status = SequenceStatus::kWaiting;
   FinishReason finish_reason = FinishReason::kNone;

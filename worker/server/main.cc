@@ -69,6 +69,10 @@ ABSL_FLAG(std::string, scheduling, "mixed",
           "\"prefill-first\" (they wait while arrivals are prefilled, at most "
           "--max-prefill-only-steps in a row: more throughput, longer token gaps during bursts)");
 ABSL_FLAG(int, max_prefill_only_steps, 16, "prefill-first: steps in a row the decodes may wait");
+ABSL_FLAG(bool, enable_prefix_caching, true,
+          "keep full KV blocks findable by their tokens after their request ends, so a request "
+          "with the same leading tokens (a shared system prompt, an earlier turn) computes only "
+          "the rest; false computes every prompt from scratch");
 ABSL_FLAG(int, max_model_len, 0, "context limit (0 = the model's max_position_embeddings)");
 ABSL_FLAG(int, max_waiting, 1024, "queued requests beyond this get RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, default_max_tokens, 256, "max_tokens used when a request says 0");
@@ -124,6 +128,7 @@ absl::StatusOr<ModelSessionOptions> SessionOptionsFromFlags() {
   }
   options.engine.scheduling = *policy;
   options.engine.max_prefill_only_steps = absl::GetFlag(FLAGS_max_prefill_only_steps);
+  options.engine.enable_prefix_caching = absl::GetFlag(FLAGS_enable_prefix_caching);
   return options;
 }
 
@@ -305,7 +310,9 @@ int Run() {
   GLM_LOG(INFO) << "serving " << pool << " on port " << port << " (device "
                 << (*session)->device().Describe() << ", precision " << precision_name
                 << ", " << SchedulingPolicyName(engine->options().scheduling)
-                << " scheduling, non-finite guard on)";
+                << " scheduling, prefix caching "
+                << (engine->options().enable_prefix_caching ? "on" : "off")
+                << ", non-finite guard on)";
 
   int sig = WaitForShutdownSignal();
   GLM_LOG(INFO) << "signal " << sig << ": draining";

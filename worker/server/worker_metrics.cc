@@ -31,6 +31,13 @@ prometheus::Gauge& MemoryGauge(prometheus::Registry& registry, const std::string
       .Add({{"pool", pool}, {"kind", kind}});
 }
 
+// Counters mirror engine totals: adds what the total gained since the last refresh.
+void Advance(prometheus::Counter& counter, int64_t total, int64_t* seen) {
+  if (total <= *seen) return;
+  counter.Increment(static_cast<double>(total - *seen));
+  *seen = total;
+}
+
 }  // namespace
 
 WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const WorkerMetricLabels& labels)
@@ -50,6 +57,16 @@ WorkerMetrics::WorkerMetrics(prometheus::Registry& registry, const WorkerMetricL
       preemptions_(GlmCounter(registry, "glm_worker_preemptions_total",
                               "Requests preempted for KV blocks (recomputed later)")
                        .Add({{"pool", labels.pool}})),
+      prefix_queried_tokens_(GlmCounter(registry, "glm_worker_prefix_cache_queried_tokens_total",
+                                        "Tokens of admitted requests looked up in the prefix cache "
+                                        "(recomputes after preemption included)")
+                                 .Add({{"pool", labels.pool}})),
+      prefix_hit_tokens_(GlmCounter(registry, "glm_worker_prefix_cache_hit_tokens_total",
+                                    "Looked-up tokens the prefix cache held (not computed)")
+                             .Add({{"pool", labels.pool}})),
+      prefix_cached_blocks_(GlmGauge(registry, "glm_worker_prefix_cache_blocks",
+                                     "KV blocks a prefix lookup can find (in use or free)")
+                                .Add({{"pool", labels.pool}})),
       ttft_(GlmHistogram(registry, "glm_worker_time_to_first_token_seconds",
                          "From request arrival at the worker to its first token")
                 .Add({{"pool", labels.pool}}, LatencyBucketsSeconds())),
@@ -117,18 +134,12 @@ void WorkerMetrics::Refresh(const EngineStats& stats) {
   steps_.Set(static_cast<double>(stats.steps));
   batch_size_.Set(stats.last_batch_size);
   std::lock_guard<std::mutex> lock(mu_);
-  if (stats.nonfinite > seen_nonfinite_) {
-    nonfinite_.Increment(static_cast<double>(stats.nonfinite - seen_nonfinite_));
-    seen_nonfinite_ = stats.nonfinite;
-  }
-  if (stats.preemptions > seen_preemptions_) {
-    preemptions_.Increment(static_cast<double>(stats.preemptions - seen_preemptions_));
-    seen_preemptions_ = stats.preemptions;
-  }
-  if (stats.steps > seen_steps_) {
-    steps_total_.Increment(static_cast<double>(stats.steps - seen_steps_));
-    seen_steps_ = stats.steps;
-  }
+  Advance(nonfinite_, stats.nonfinite, &seen_nonfinite_);
+  Advance(preemptions_, stats.preemptions, &seen_preemptions_);
+  Advance(steps_total_, stats.steps, &seen_steps_);
+  Advance(prefix_queried_tokens_, stats.prefix_queried_tokens, &seen_prefix_queried_);
+  Advance(prefix_hit_tokens_, stats.prefix_hit_tokens, &seen_prefix_hits_);
+  prefix_cached_blocks_.Set(stats.kv_blocks_cached);
   memory_weights_.Set(static_cast<double>(memory_.weights));
   memory_kv_.Set(static_cast<double>(memory_.kv_cache));
   memory_activations_.Set(static_cast<double>(memory_.activations));

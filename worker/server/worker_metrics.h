@@ -51,6 +51,9 @@ class WorkerMetrics {
   prometheus::Counter& generation_tokens_;
   prometheus::Counter& nonfinite_;
   prometheus::Counter& preemptions_;
+  prometheus::Counter& prefix_queried_tokens_;
+  prometheus::Counter& prefix_hit_tokens_;
+  prometheus::Gauge& prefix_cached_blocks_;
   prometheus::Histogram& ttft_;
   prometheus::Histogram& itl_;
   prometheus::Histogram& e2e_;
@@ -72,6 +75,8 @@ class WorkerMetrics {
   int64_t seen_nonfinite_ = 0;
   int64_t seen_preemptions_ = 0;
   int64_t seen_steps_ = 0;
+  int64_t seen_prefix_queried_ = 0;
+  int64_t seen_prefix_hits_ = 0;
   MemoryReport memory_;                                  // last sample (mu_)
   std::chrono::steady_clock::time_point memory_sampled_{};   // stepping thread only
 };

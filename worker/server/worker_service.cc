@@ -230,6 +230,7 @@ grpc::Status WorkerServiceImpl::Generate(grpc::ServerContext* context,
       info->mutable_usage()->set_generated_tokens(final_event->generated_tokens > 0
                                                       ? final_event->generated_tokens
                                                       : generated_tokens + resumed);
+      info->mutable_usage()->set_cached_prompt_tokens(final_event->cached_prompt_tokens);
       glm::v1::ServedBy* served = info->mutable_served_by();
       served->set_worker_id(options_.worker_id);
       served->set_pool(options_.pool);

@@ -36,6 +36,7 @@ struct Result {
   int events_after_finish = 0;
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
+  int32_t cached_prompt_tokens = 0;
 };
 
 // Collects every request's events (thread-safe: the background-thread tests use it too).
@@ -57,6 +58,7 @@ class Collector {
       r.text += event.text_delta;
       r.prompt_tokens = event.prompt_tokens;
       r.generated_tokens = event.generated_tokens;
+      r.cached_prompt_tokens = event.cached_prompt_tokens;
       if (event.finished) {
         r.finished_events++;
         r.reason = event.finish_reason;
@@ -267,6 +269,122 @@ TEST(Engine, KvExhaustionPreemptsAndStillCompletesEveryRequestIdentically) {
   EXPECT_LE(record.max_tokens_in_step, 32);
   for (const auto& r : requests) {
     ExpectSameOutput(collector.Get(r.request_id), RunAlone(r, {}, &tokenizer), r.request_id);
+  }
+}
+
+// --- Prefix caching -------------------------------------------------------------------------
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// Requests that share a 30-token system prompt (7 full blocks of 4) compute it once: the later
+// ones take its blocks from the cache, concurrently, and still get exactly the tokens a fresh
+// engine gives each of them alone (the fake backend reads every context back through the block
+// table, so a wrong or stale shared block would change them).
+TEST(Engine, PrefixCachingComputesASharedPromptOnceAndChangesNoToken) {
+  EngineOptions options = SmallOptions();
+  options.enable_prefix_caching = true;
+  options.max_num_batched_tokens = 16;  // chunked prefills around the shared blocks
+  auto engine = MakeEngine(options);
+  Collector collector;
+  const std::vector<int32_t> system = RandomPrompt(1, 30);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 8; ++i) {
+    requests.push_back(MakeRequest(absl::StrCat("r", i), Concat(system, RandomPrompt(10 + i, 5)),
+                                   8, i % 2 ? 0.9f : 0.0f, 500 + i));
+  }
+  ASSERT_TRUE(engine->Submit(requests[0], collector.For("r0")).ok());
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  EXPECT_EQ(engine->Stats().prefix_hit_tokens, 0);
+  EXPECT_EQ(engine->Stats().prompt_tokens, 35);
+  for (int i = 1; i < 8; ++i) {
+    ASSERT_TRUE(engine->Submit(requests[i], collector.For(requests[i].request_id)).ok());
+  }
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  for (const auto& r : requests) {
+    const Result got = collector.Get(r.request_id);
+    ExpectSameOutput(got, RunAlone(r), r.request_id);
+    EXPECT_EQ(got.prompt_tokens, 35) << r.request_id;
+    EXPECT_EQ(got.cached_prompt_tokens, r.request_id == "r0" ? 0 : 28) << r.request_id;
+  }
+  const EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.prefix_hit_tokens, 7 * 28);
+  EXPECT_EQ(stats.prefix_queried_tokens, 8 * 35);
+  EXPECT_EQ(stats.prompt_tokens, 35 + 7 * 7) << "only the uncached tokens are computed";
+  EXPECT_EQ(stats.kv_blocks_free, stats.kv_blocks_total);
+  EXPECT_GT(stats.kv_blocks_cached, 7);
+}
+
+// A prompt already cached to its last block boundary still computes its last block (its logits
+// start the generation), and off by default nothing is looked up at all.
+TEST(Engine, PrefixCachingRecomputesTheLastBlockAndIsOffByDefault) {
+  for (bool enabled : {false, true}) {
+    EngineOptions options = SmallOptions();
+    options.enable_prefix_caching = enabled;
+    auto engine = MakeEngine(options);
+    Collector collector;
+    const GenerationRequest first = MakeRequest("a", RandomPrompt(3, 12), 4);
+    GenerationRequest again = first;
+    again.request_id = "b";
+    ASSERT_TRUE(engine->Submit(first, collector.For("a")).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+    ASSERT_TRUE(engine->Submit(again, collector.For("b")).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+    ExpectSameOutput(collector.Get("b"), collector.Get("a"), "the same prompt again");
+    const EngineStats stats = engine->Stats();
+    EXPECT_EQ(stats.prefix_hit_tokens, enabled ? 8 : 0);
+    EXPECT_EQ(stats.prefix_queried_tokens, enabled ? 24 : 0);
+    EXPECT_EQ(stats.prompt_tokens, enabled ? 12 + 4 : 24);
+    // a's 3 prompt blocks (15 tokens computed: the last sampled one is never fed); b's copy of
+    // the third stays private.
+    EXPECT_EQ(stats.kv_blocks_cached, enabled ? 3 : 0);
+  }
+}
+
+// Preempted requests find what they computed before (unless it was reclaimed meanwhile), and
+// every request still gets the tokens it gets alone.
+TEST(Engine, PrefixCachingUnderPreemptionChangesNoToken) {
+  FakeTokenizer tokenizer;
+  EngineOptions options = TightKvOptions();
+  options.enable_prefix_caching = true;
+  auto engine = MakeEngine(options, {}, &tokenizer);
+  Collector collector;
+  const auto requests = RunSixteen(*engine, collector);
+  if (HasFailure()) return;
+  const EngineStats stats = engine->Stats();
+  EXPECT_GT(stats.preemptions, 0);
+  EXPECT_GT(stats.prefix_hit_tokens, 0);
+  EXPECT_EQ(stats.kv_blocks_free, stats.kv_blocks_total);
+  for (const auto& r : requests) {
+    ExpectSameOutput(collector.Get(r.request_id), RunAlone(r, {}, &tokenizer), r.request_id);
+  }
+}
+
+// The blocks of a request that failed (here: non-finite logits) leave the cache: a later request
+// with the same prompt start computes it again. The control run, with a request that did not
+// fail, finds them.
+TEST(Engine, PrefixCachingDropsTheBlocksOfAFailedRequest) {
+  FakeBehavior behavior;
+  behavior.nan_trigger_token = 63;
+  const std::vector<int32_t> system = RandomPrompt(4, 12);  // 3 full blocks
+  for (bool fail : {false, true}) {
+    EngineOptions options = SmallOptions();
+    options.enable_prefix_caching = true;
+    auto engine = MakeEngine(options, behavior);
+    Collector collector;
+    const GenerationRequest first =
+        MakeRequest("first", Concat(system, {fail ? 63 : 9, 10, 11, 12, 13}), 3);
+    ASSERT_TRUE(engine->Submit(first, collector.For("first")).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+    EXPECT_EQ(collector.Get("first").reason, fail ? FinishReason::kError : FinishReason::kLength);
+    const GenerationRequest later = MakeRequest("later", Concat(system, {20, 21}), 3);
+    ASSERT_TRUE(engine->Submit(later, collector.For("later")).ok());
+    ASSERT_TRUE(engine->RunUntilIdle().ok());
+    ExpectSameOutput(collector.Get("later"), RunAlone(later, behavior), "later");
+    EXPECT_EQ(engine->Stats().prefix_hit_tokens, fail ? 0 : 12) << (fail ? "after a failure" : "control");
+    EXPECT_EQ(collector.Get("later").cached_prompt_tokens, fail ? 0 : 12);
   }
 }
 

@@ -216,5 +216,29 @@ TEST(Scheduler, RemoveFreesBlocksWherever) {
   EXPECT_FALSE(scheduler.has_work());
 }
 
+// Prefix caching: an admission takes the cached blocks of its leading tokens without spending
+// budget on them (every token here is 7: the blocks differ only by position).
+TEST(Scheduler, CachedPrefixTokensCostNoBudget) {
+  KvCacheManager kv(64, 4, /*prefix_caching=*/true);
+  Scheduler scheduler({/*max_num_seqs=*/4, /*max_num_batched_tokens=*/5}, &kv);
+  auto first = MakeSeq(0, 12);
+  scheduler.AddWaiting(first.get());
+  while (!first->is_decode()) CompleteStep(scheduler, scheduler.Schedule());  // 5 + 5 + 2
+  scheduler.Remove(first.get());
+  EXPECT_EQ(kv.num_blocks_cached(), 3);
+
+  auto second = MakeSeq(1, 12);  // the same 12 tokens: 2 blocks found, the third computed
+  scheduler.AddWaiting(second.get());
+  SchedulerOutput out = scheduler.Schedule();
+  ASSERT_EQ(out.scheduled.size(), 1u);
+  EXPECT_EQ(second->num_computed_tokens, 8);
+  EXPECT_EQ(TokensOf(out, second.get()), 4) << "4 tokens fit a budget of 5: the 8 cached cost nothing";
+  CompleteStep(scheduler, out);
+  EXPECT_TRUE(second->is_decode());
+  EXPECT_EQ(scheduler.prefix_hit_tokens(), 8);
+  EXPECT_EQ(scheduler.prefix_queried_tokens(), 24);
+  EXPECT_EQ(second->num_cached_prompt_tokens, 8);
+}
+
 }  // namespace
 }  // namespace glm
