@@ -111,6 +111,9 @@ for (const pool of values.pools) {
   }
   const tp = pool.tensorParallel;
   check(Number(flagValue(c.args, "--tp-size")) === tp, `${owner}: --tp-size is not ${tp}`);
+  const prefixCaching = String(pool.prefixCaching ?? values.workerDefaults.prefixCaching ?? false);
+  check(flagValue(c.args, "--enable-prefix-caching") === prefixCaching,
+        `${owner}: --enable-prefix-caching=${flagValue(c.args, "--enable-prefix-caching")}, values say ${prefixCaching}`);
   const gpuLimit = c.resources?.limits?.["nvidia.com/gpu"];
   const gpuRequest = c.resources?.requests?.["nvidia.com/gpu"];
   if (pool.gpu === "cpu") {

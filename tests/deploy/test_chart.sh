@@ -126,6 +126,14 @@ must_refuse unknown-pool-key 'Additional property gpus is not allowed' \
 printf 'pools:\n  - {name: v100-fp16, gpu: v100, precision: fp16, allowUnsafeFp16: true, tensorParallel: 2, replicas: 1}\n' \
   > "$OUT/fp16-opt-in.values.yaml"
 render fp16-opt-in no -f "$OUT/fp16-opt-in.values.yaml"
+# A pool may turn prefix caching off while the other keeps the default (on).
+printf 'pools:\n  - {name: a, gpu: h100, precision: bf16, tensorParallel: 1, replicas: 1, prefixCaching: false}\n  - {name: b, gpu: h100, precision: bf16, tensorParallel: 1, replicas: 1}\n' \
+  > "$OUT/prefix-caching-off.values.yaml"
+render prefix-caching-off no -f "$OUT/prefix-caching-off.values.yaml"
+if ! grep -q -- '--enable-prefix-caching=false' "$OUT/prefix-caching-off.yaml" ||
+   ! grep -q -- '--enable-prefix-caching=true' "$OUT/prefix-caching-off.yaml"; then
+  fail "prefix-caching-off: pool a should render --enable-prefix-caching=false and pool b =true"
+fi
 
 if [ "$failures" -ne 0 ]; then
   echo "test_chart: $failures failure(s)" >&2

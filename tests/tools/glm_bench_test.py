@@ -81,6 +81,23 @@ def main():
           f"prefill-first offline run: {t}")
     check("prefill-first scheduling" in log, "the policy in the report")
 
+    # 1c. A shared system prompt with prefix caching: the requests admitted after the first wave
+    # take its blocks from the cache (16 tokens, one block), and compute only the rest.
+    out_json = os.path.join(work, "prefix.json")
+    rc, log = run(bench, common + ["--shared_prefix_len", "16", "--prefix_caching", "--json", out_json])
+    check(rc == 0, f"prefix-caching run exits 0 (rc {rc}):\n{log}")
+    t = json.load(open(out_json)).get("throughput", {})
+    hits = t.get("prefix_hit_tokens", 0)
+    check(t.get("prefix_caching") is True and t.get("shared_prefix_len") == 16 and t.get("failed") == 0,
+          f"prefix-caching offline run: {t}")
+    check(hits == 16 * (n - conc), f"the {n - conc} requests admitted later each found 16 tokens: {hits}")
+    check(t.get("prompt_tokens_computed") == n * in_len - hits, f"only the rest computed: {t}")
+    check(t.get("mean_ttft_ms", 0) > 0, f"mean time to first token: {t}")
+    check("16 shared leading tokens, prefix caching on" in log, "the prefix line of the report")
+    t = json.load(open(os.path.join(work, "greedy.json"))).get("throughput", {})
+    check(t.get("prefix_hit_tokens") == 0 and t.get("prompt_tokens_computed") == n * in_len,
+          f"off by default: every prompt token computed: {t}")
+
     # 2. A sampler: the offline run takes it (and says so).
     out_json = os.path.join(work, "sample.json")
     rc, log = run(bench, common + ["--temperature", "0.8", "--top_k", "20", "--top_p", "0.9",
@@ -94,6 +111,8 @@ def main():
     # 3. Bad flags: a clear error, non-zero exit.
     rc, log = run(bench, common + ["--scheduling", "fifo"])
     check(rc != 0 and "unknown scheduling policy" in log, f"--scheduling fifo refused: rc {rc}: {log[-300:]}")
+    rc, log = run(bench, common + ["--shared_prefix_len", str(in_len + 1)])
+    check(rc != 0 and "--shared_prefix_len" in log, f"a prefix longer than the prompt refused: {log[-300:]}")
     rc, log = run(bench, common + ["--precision", "fp8"])
     check(rc != 0 and "--precision" in log, f"--precision fp8 refused: rc {rc}: {log[-300:]}")
     rc, log = run(bench, ["--model", model, "--synthetic", "tiny", "--backend", "cpu"])

@@ -69,6 +69,11 @@ ABSL_FLAG(std::string, scheduling, "mixed",
           "offline throughput: the Engine's scheduling policy, \"mixed\" or \"prefill-first\" "
           "(worker/engine/scheduler.h)");
 ABSL_FLAG(bool, skip_throughput, false, "skip the offline-throughput part");
+ABSL_FLAG(int32_t, shared_prefix_len, 0,
+          "offline throughput: the first N prompt tokens are the same in every request (a shared "
+          "system prompt); the rest stay random");
+ABSL_FLAG(bool, prefix_caching, false,
+          "offline throughput: the engine's automatic prefix caching (glm-worker's default)");
 ABSL_FLAG(double, temperature, 0.0, "offline throughput: sampling temperature (0 = greedy)");
 ABSL_FLAG(int32_t, top_k, 0, "offline throughput: top-k (0 = off)");
 ABSL_FLAG(double, top_p, 1.0, "offline throughput: top-p (1 = off)");
@@ -103,6 +108,18 @@ std::string SamplingLabel() {
 using Clock = std::chrono::steady_clock;
 double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// Mean of the non-negative entries (negative: not measured); 0 when there are none.
+double MeanOf(const std::vector<double>& values) {
+  double sum = 0;
+  int count = 0;
+  for (double v : values) {
+    if (v < 0) continue;
+    sum += v;
+    ++count;
+  }
+  return count > 0 ? sum / count : 0.0;
 }
 
 absl::StatusOr<std::string> PrepareCheckpoint(bool* remove_after) {
@@ -249,6 +266,11 @@ absl::Status RunEngineMode(Figures* fig) {
   }
   if (hf_attn != "eager" && hf_attn != "sdpa" && hf_attn != "flash_attention_2") {
     return absl::InvalidArgumentError("--hf_attn=" + hf_attn + ": use eager, sdpa or flash_attention_2");
+  }
+  const int shared_len = absl::GetFlag(FLAGS_shared_prefix_len);
+  if (shared_len < 0 || shared_len > absl::GetFlag(FLAGS_input_len)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "--shared_prefix_len=%d: use 0 to --input_len (%d)", shared_len, absl::GetFlag(FLAGS_input_len)));
   }
   // The kernel trace starts before the first CUDA call; its windows open around the traced steps.
   const std::string trace_path = absl::GetFlag(FLAGS_kernel_trace);
@@ -539,6 +561,7 @@ absl::Status RunEngineMode(Figures* fig) {
     eo.max_num_seqs = concurrency;
     eo.max_num_batched_tokens = max_batched;
     ASSIGN_OR_RETURN(eo.scheduling, ParseSchedulingPolicy(absl::GetFlag(FLAGS_scheduling)));
+    eo.enable_prefix_caching = absl::GetFlag(FLAGS_prefix_caching);
     eo.worker_name = "glm-bench";
     // Where the Engine's wall time goes, step by step (the observer runs at the end of each
     // step, so the time between two calls is one step, host work included): steps with prefill
@@ -579,6 +602,8 @@ absl::Status RunEngineMode(Figures* fig) {
     std::vector<std::vector<int32_t>> offline_prompts;
     t0 = Clock::now();
     steps_seen.last = t0;
+    const int shared_len = absl::GetFlag(FLAGS_shared_prefix_len);
+    std::vector<int32_t> shared_prefix;
     for (int r = 0; r < n; ++r) {
       GenerationRequest req;
       req.request_id = absl::StrFormat("bench-%d", r);
@@ -587,6 +612,8 @@ absl::Status RunEngineMode(Figures* fig) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         t = static_cast<int32_t>((s >> 33) % config.vocab_size);
       }
+      if (r == 0) shared_prefix.assign(req.prompt_token_ids.begin(), req.prompt_token_ids.begin() + shared_len);
+      std::copy(shared_prefix.begin(), shared_prefix.end(), req.prompt_token_ids.begin());
       req.max_new_tokens = out_len;
       req.ignore_eos = true;
       req.sampling.temperature = static_cast<float>(absl::GetFlag(FLAGS_temperature));
@@ -623,13 +650,22 @@ absl::Status RunEngineMode(Figures* fig) {
                             {"generated_tok_s", generated / wall},
                             {"total_tok_s", (generated + int64_t{n} * in_len) / wall},
                             {"failed", failed}, {"steps", st.steps}, {"preemptions", st.preemptions},
-                            {"kv_blocks", st.kv_blocks_total}};
+                            {"kv_blocks", st.kv_blocks_total}, {"shared_prefix_len", shared_len},
+                            {"prefix_caching", eo.enable_prefix_caching},
+                            {"prefix_hit_tokens", st.prefix_hit_tokens},
+                            {"prompt_tokens_computed", st.prompt_tokens},
+                            {"mean_ttft_ms", 1e3 * MeanOf(first_token_s)}};
     std::printf("offline: %d requests x (%d in, %d out), concurrency %d, %s, %s scheduling: %.1f s, "
                 "%.0f generated tok/s (%.0f total tok/s), %lld steps, %lld preemptions, %lld failed\n",
                 n, in_len, out_len, concurrency, SamplingLabel().c_str(),
                 SchedulingPolicyName(eo.scheduling), wall, generated / wall,
                 (generated + int64_t{n} * in_len) / wall, static_cast<long long>(st.steps),
                 static_cast<long long>(st.preemptions), static_cast<long long>(failed));
+    std::printf("offline prompts: %d shared leading tokens, prefix caching %s: %lld of %lld prompt "
+                "tokens computed, mean time to first token %.1f ms\n",
+                shared_len, eo.enable_prefix_caching ? "on" : "off",
+                static_cast<long long>(st.prompt_tokens), static_cast<long long>(int64_t{n} * in_len),
+                1e3 * MeanOf(first_token_s));
     fig->j["throughput"]["step_times"] = {
         {"prefill_steps", steps_seen.prefill_steps}, {"prefill_s", steps_seen.prefill_s},
         {"full_decode_steps", steps_seen.full_steps}, {"full_decode_s", steps_seen.full_s},
