@@ -7,6 +7,8 @@
 // Scheduling is continuous batching: each step takes running decodes first, then prefill chunks
 // of waiting/partially prefilled requests, under max_num_batched_tokens. When KV blocks run out
 // the most recently admitted request is preempted (its blocks freed; it is recomputed later).
+// With EngineOptions::enable_prefix_caching, full KV blocks outlive their request and a request
+// whose leading tokens match them computes only the rest (kv_cache_manager.h).
 #pragma once
 
 #include <atomic>

@@ -1,5 +1,6 @@
 // The engine driving the real CPU backend on a tiny random GLM-4 checkpoint: continuous batching,
 // chunked prefill and preemption must not change any request's tokens.
+#include <cstring>
 #include <filesystem>
 #include <map>
 
@@ -26,8 +27,18 @@ class EngineOnCpuBackend : public ::testing::Test {
   // count them as such): fail each test instead.
   void SetUp() override { ASSERT_TRUE(setup_status_.ok()) << setup_status_; }
 
-  static std::unique_ptr<ModelSession> Open(int32_t kv_blocks, int32_t batched_tokens) {
+  using LogitRows = std::map<std::pair<std::string, int32_t>, std::vector<float>>;
+
+  static std::unique_ptr<ModelSession> Open(int32_t kv_blocks, int32_t batched_tokens,
+                                            bool prefix_caching = false, LogitRows* logits = nullptr) {
     ModelSessionOptions options;
+    options.engine.enable_prefix_caching = prefix_caching;
+    if (logits != nullptr) {
+      options.engine.logits_observer = [logits](const std::string& id, int32_t index,
+                                                const float* row, int64_t vocab) {
+        (*logits)[{id, index}].assign(row, row + vocab);
+      };
+    }
     options.model_dir = dir_;
     options.precision = "fp32";
     options.threads = 2;
@@ -116,6 +127,47 @@ TEST_F(EngineOnCpuBackend, SeedsReproduceAndDiffer) {
   ASSERT_TRUE(session->Generate(r, nullptr, nullptr, &c).ok());
   EXPECT_EQ(a.token_ids, b.token_ids);
   EXPECT_NE(a.token_ids, c.token_ids);
+}
+
+// Prefix caching on the real backend: requests that continue a cached 20-token prefix (5 blocks)
+// get every logit bit for bit as a full compute gives them, sharing the blocks concurrently.
+TEST_F(EngineOnCpuBackend, PrefixCachedContinuationsGiveEveryLogitBitForBit) {
+  auto request = [](int i) {
+    GenerationRequest r = Request(i);
+    std::vector<int32_t> prompt;
+    for (int t = 0; t < 20; ++t) prompt.push_back((13 * t + 7) % 490);  // shared
+    for (int t = 0; t < 3 + i; ++t) prompt.push_back((29 * i + 5 * t + 1) % 490);
+    r.prompt_token_ids = prompt;
+    r.max_new_tokens = 6;
+    return r;
+  };
+  LogitRows full, cached;
+  auto plain = Open(256, 16, /*prefix_caching=*/false, &full);
+  auto caching = Open(256, 16, /*prefix_caching=*/true, &cached);
+  ASSERT_NE(plain, nullptr);
+  ASSERT_NE(caching, nullptr);
+  for (ModelSession* session : {plain.get(), caching.get()}) {
+    for (auto [from, to] : {std::pair{0, 1}, std::pair{1, 6}}) {  // the first one alone, then 5 at once
+      for (int i = from; i < to; ++i) {
+        ASSERT_TRUE(session->engine().Submit(request(i), [](const TokenEvent& e) {
+          if (e.finished) {
+            EXPECT_TRUE(e.error.ok()) << e.error;
+          }
+        }).ok());
+      }
+      ASSERT_TRUE(session->engine().RunUntilIdle().ok());
+    }
+  }
+  EXPECT_EQ(caching->engine().Stats().prefix_hit_tokens, 5 * 20);
+  EXPECT_EQ(plain->engine().Stats().prefix_hit_tokens, 0);
+  ASSERT_EQ(cached.size(), full.size());
+  EXPECT_EQ(full.size(), 6u * 6u);
+  for (const auto& [key, row] : full) {
+    auto it = cached.find(key);
+    ASSERT_NE(it, cached.end()) << key.first << " token " << key.second;
+    EXPECT_EQ(std::memcmp(it->second.data(), row.data(), row.size() * sizeof(float)), 0)
+        << key.first << " token " << key.second << ": logits differ";
+  }
 }
 
 }  // namespace
