@@ -41,7 +41,7 @@ t0=$(date +%s)
 cmake -S . -B build-dev -G Ninja -DGLM_WITH_GRPC=OFF -DGLM_WITH_CUDA=ON -DGLM_CUDA_ARCHS="$arch" \
   -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 # GLM_DEV_TARGETS: a shorter build list for a call that runs only some of them.
-targets=${GLM_DEV_TARGETS:-gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test glm-bench glm-kv-read-bench glm_nccl_communicator_tests}
+targets=${GLM_DEV_TARGETS:-gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_engine_prefix_test gpu_tp_nccl_test glm-bench glm-kv-read-bench glm_nccl_communicator_tests}
 ninja -C build-dev -j16 -k 0 $targets \
   >>"$OUT/build.log" 2>&1 ||
   grep -E "error|FAILED" "$OUT/build.log" | head -20
@@ -80,7 +80,7 @@ ncu_small_bench() {
 for what in "$@"; do
   case "$what" in
     tests)
-      for t in gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_tp_nccl_test; do
+      for t in gpu_kernels_test gpu_gemm_lt_test gpu_gemm_wgmma_test gpu_backend_test gpu_engine_prefix_test gpu_tp_nccl_test; do
         [ -x build-dev/tests/gpu/$t ] || { echo "$t not built"; continue; }
         timeout 300 build-dev/tests/gpu/$t >"$OUT/$t.log" 2>&1
         rc=$?
