@@ -367,6 +367,8 @@ TEST_F(Cluster, HealthServingAndGlmctlShowsWorkers) {
   ASSERT_EQ(gen_code, 0) << generated;
   nlohmann::json j = nlohmann::json::parse(generated);
   EXPECT_EQ(j["pool"], "tiny/fp32");
+  // A two-token prompt fills no KV block: nothing of it can come from the prefix cache.
+  EXPECT_EQ(j["cached_prompt_tokens"], 0) << generated;
   auto [chat_code, chat] = RunCommand({Bin("tools/glmctl/glmctl"), "--router=" + router(), "chat",
                                        "--max-tokens=3", "--temperature=0"},
                                       absl::Seconds(60), "hello\nand again\n");

@@ -122,6 +122,7 @@ int Generate(glm::v1::Generation::Stub* stub) {
     out["finish_reason"] = FinishReasonLabel(final_info.finish_reason());
     out["prompt_tokens"] = final_info.usage().prompt_tokens();
     out["generated_tokens"] = final_info.usage().generated_tokens();
+    out["cached_prompt_tokens"] = final_info.usage().cached_prompt_tokens();
     out["worker"] = final_info.served_by().worker_id();
     out["pool"] = final_info.served_by().pool();
     out["precision"] = PrecisionLabel(final_info.served_by().precision());
