@@ -56,8 +56,13 @@ struct Sequence {
   int32_t num_generated() const { return num_tokens() - num_prompt_tokens; }
   // Tokens still to feed before the next token can be sampled.
   int32_t num_uncomputed() const { return num_tokens() - num_computed_tokens; }
-  // Running and only the last sampled token left to feed.
-  bool is_decode() const { return num_computed_tokens > 0 && num_uncomputed() == 1; }
+  // Running and only the last sampled token left to feed. A prompt whose last chunk is one token
+  // (chunking, or a prefix-cache hit up to its last token) is still prefilling: that token came
+  // with the request, so the test is on where the newest token came from.
+  bool is_decode() const {
+    return num_computed_tokens > 0 && num_uncomputed() == 1 &&
+           num_tokens() > num_prompt_tokens + static_cast<int32_t>(request.resume_token_ids.size());
+  }
   int32_t priority() const { return request.priority; }
   const std::string& id() const { return request.request_id; }
 };

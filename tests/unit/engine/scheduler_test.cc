@@ -240,5 +240,26 @@ TEST(Scheduler, CachedPrefixTokensCostNoBudget) {
   EXPECT_EQ(second->num_cached_prompt_tokens, 8);
 }
 
+// A prompt whose last chunk is a single token is still a prefill, not a decode: under
+// prefill-first it runs while a decoding sequence waits.
+TEST(Scheduler, APromptsOneTokenLastChunkIsPrefillWork) {
+  KvCacheManager kv(64, 4);
+  Scheduler scheduler({/*max_num_seqs=*/4, /*max_num_batched_tokens=*/5, SchedulingPolicy::kPrefillFirst}, &kv);
+  auto a = MakeSeq(0, 3);
+  scheduler.AddWaiting(a.get());
+  CompleteStep(scheduler, scheduler.Schedule());
+  ASSERT_TRUE(a->is_decode());
+  auto b = MakeSeq(1, 11);  // chunks of 5, 5, then 1
+  scheduler.AddWaiting(b.get());
+  for (int step = 0; step < 2; ++step) CompleteStep(scheduler, scheduler.Schedule());
+  ASSERT_EQ(b->num_uncomputed(), 1);
+  EXPECT_FALSE(b->is_decode()) << "its last token is a prompt token";
+  SchedulerOutput out = scheduler.Schedule();
+  EXPECT_EQ(TokensOf(out, b.get()), 1);
+  EXPECT_EQ(TokensOf(out, a.get()), 0) << "prefill-first: the decode waits for the prefill's last token";
+  CompleteStep(scheduler, out);
+  EXPECT_TRUE(b->is_decode());
+}
+
 }  // namespace
 }  // namespace glm
