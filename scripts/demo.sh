@@ -2,8 +2,9 @@
 # The README's first command: a glm-fleet cluster on this machine, end to end.
 #   installs dependencies (scripts/install-deps.sh), builds into build/ (-j2), makes a demo
 #   checkpoint with glm-mkmodel, starts one glm-router and two CPU glm-workers on loopback,
-#   streams a generation and a chat turn through glmctl, shows `glmctl workers` and a few
-#   metric lines, then shuts everything down with SIGTERM.
+#   streams a generation and a chat turn through glmctl, two requests that share a long system
+#   prompt (the second is served from the worker's prefix cache), shows `glmctl workers` and a
+#   few metric lines, then shuts everything down with SIGTERM.
 # Every wait is bounded; on any failure the cluster is stopped and the logs' tails printed.
 #   GLM_JOBS=N           build jobs (default 2)
 #   GLM_BUILD_DIR=DIR    build folder (default build)
@@ -68,7 +69,8 @@ NAME=$(basename "$MODEL")
 
 say "starting glm-router on 127.0.0.1:$ROUTER_PORT and two CPU workers"
 "$BUILD/router/server/glm-router" --host 127.0.0.1 --port "$ROUTER_PORT" \
-  --metrics-port "$METRICS_PORT_BASE" --tokenizer "$NAME=$MODEL" >"$WORK/router.out" 2>"$WORK/router.log" &
+  --metrics-port "$METRICS_PORT_BASE" --tokenizer "$NAME=$MODEL" --prefix-affinity-tokens 32 \
+  >"$WORK/router.out" 2>"$WORK/router.log" &
 PIDS+=($!)
 ready=$(wait_ready "$WORK/router.out" GLM_ROUTER_READY 30)
 ROUTER_METRICS=$(field metrics_port "$ready")
@@ -103,6 +105,16 @@ say "glmctl generate (streams as tokens arrive; random weights => random words)"
 say "glmctl chat (one turn from stdin)"
 echo "Hello! Who are you?" | "$BUILD/tools/glmctl/glmctl" --router "$ROUTER" chat --max-tokens 24 --temperature 0
 
+say "prefix caching: two requests with one long system prompt (the router sends both to one worker)"
+SYSTEM="You are the demo assistant of glm-fleet. Answer in one short sentence, stay polite, and \
+never invent facts about the cluster you run on: its router, its two CPU workers and their pools."
+for question in "What is a KV cache?" "What does a router do?"; do
+  "$BUILD/tools/glmctl/glmctl" --router "$ROUTER" generate --prompt "$SYSTEM Question: $question" \
+    --max-tokens 8 --temperature 0 --json |
+    grep -oE '"(cached_prompt_tokens|prompt_tokens|worker)":("[^"]*"|[0-9]+)' | tr '\n' ' '
+  echo
+done
+
 say "glmctl workers"
 "$BUILD/tools/glmctl/glmctl" --router "$ROUTER" workers
 
@@ -110,7 +122,7 @@ say "a few metrics (router :$ROUTER_METRICS, worker :${WORKER_METRICS[0]})"
 curl -s --max-time 5 "http://127.0.0.1:$ROUTER_METRICS/metrics" |
   grep -E '^glm_(requests_total|generation_tokens_total|pool_workers|time_to_first_token_seconds_count)' || true
 curl -s --max-time 5 "http://127.0.0.1:${WORKER_METRICS[0]}/metrics" |
-  grep -E '^glm_worker_(running_requests|kv_cache_usage_ratio|generation_tokens_total|info)' || true
+  grep -E '^glm_worker_(running_requests|kv_cache_usage_ratio|generation_tokens_total|prefix_cache_hit_tokens_total|info)' || true
 
 say "shutting down (SIGTERM: workers deregister and drain, router finishes open streams)"
 for pid in "${PIDS[@]}"; do kill -TERM "$pid"; done
