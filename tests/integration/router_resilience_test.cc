@@ -369,6 +369,7 @@ TEST_F(RouterResilience, PrefillFirstWorkerStreamsWhatAMixedOneDoesAndABadPolicy
     if (prefill_first) {
       flags.push_back("--scheduling=prefill-first");
       flags.push_back("--max-prefill-only-steps=2");
+      flags.push_back("--enable-prefix-caching=false");  // and the cache's flag, both ways
     }
     const std::string id = prefill_first ? "pf0" : "mx0";
     auto workers = Workers(*router, {id}, flags);
@@ -378,8 +379,8 @@ TEST_F(RouterResilience, PrefillFirstWorkerStreamsWhatAMixedOneDoesAndABadPolicy
         [&] {
           std::ifstream log_file(dir_ + "/" + id + ".log");
           log.assign(std::istreambuf_iterator<char>(log_file), std::istreambuf_iterator<char>());
-          return log.find(prefill_first ? "prefill-first scheduling" : "mixed scheduling") !=
-                 std::string::npos;
+          return log.find(prefill_first ? "prefill-first scheduling, prefix caching off"
+                                        : "mixed scheduling, prefix caching on") != std::string::npos;
         },
         absl::Seconds(10)))
         << id << "'s log:\n" << log;
