@@ -110,7 +110,9 @@ TEST_P(EnginePrefixTest, CachedContinuationsMatchAFullCompute) {
     const std::vector<int32_t>& want = full.tokens[id];
     const std::vector<int32_t>& got = cached.tokens[id];
     ASSERT_EQ(got.size(), 6u) << id;
-    if (pc.precision == Precision::kFp32) EXPECT_EQ(got, want) << id;
+    if (pc.precision == Precision::kFp32) {
+      EXPECT_EQ(got, want) << id;
+    }
     // Row k was computed on the tokens before it: compare while those agree.
     for (int32_t k = 0; k < 6; ++k) {
       if (k > 0 && got[k - 1] != want[k - 1]) break;

@@ -223,7 +223,9 @@ TEST(Engine, PrefillFirstGivesEveryRequestTheTokensItGetsAlone) {
     const auto requests = RunSixteen(*engine, collector);
     if (HasFailure()) return;
     EXPECT_GE(record.max_seqs_in_step, tight ? 2 : 8);
-    if (tight) EXPECT_GT(engine->Stats().preemptions, 0);
+    if (tight) {
+      EXPECT_GT(engine->Stats().preemptions, 0);
+    }
     for (const auto& r : requests) {
       ExpectSameOutput(collector.Get(r.request_id), RunAlone(r, {}, &tokenizer),
                        absl::StrCat(r.request_id, tight ? " (tight KV)" : ""));
