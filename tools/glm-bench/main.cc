@@ -602,8 +602,7 @@ absl::Status RunEngineMode(Figures* fig) {
     std::vector<std::vector<int32_t>> offline_prompts;
     t0 = Clock::now();
     steps_seen.last = t0;
-    const int shared_len = absl::GetFlag(FLAGS_shared_prefix_len);
-    std::vector<int32_t> shared_prefix;
+    std::vector<int32_t> shared_prefix;  // request 0's first shared_len tokens, in every prompt
     for (int r = 0; r < n; ++r) {
       GenerationRequest req;
       req.request_id = absl::StrFormat("bench-%d", r);
