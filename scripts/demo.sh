@@ -69,8 +69,7 @@ NAME=$(basename "$MODEL")
 
 say "starting glm-router on 127.0.0.1:$ROUTER_PORT and two CPU workers"
 "$BUILD/router/server/glm-router" --host 127.0.0.1 --port "$ROUTER_PORT" \
-  --metrics-port "$METRICS_PORT_BASE" --tokenizer "$NAME=$MODEL" --prefix-affinity-tokens 32 \
-  >"$WORK/router.out" 2>"$WORK/router.log" &
+  --metrics-port "$METRICS_PORT_BASE" --tokenizer "$NAME=$MODEL" >"$WORK/router.out" 2>"$WORK/router.log" &
 PIDS+=($!)
 ready=$(wait_ready "$WORK/router.out" GLM_ROUTER_READY 30)
 ROUTER_METRICS=$(field metrics_port "$ready")

@@ -7,9 +7,10 @@
 ABSL_FLAG(std::string, placement, "least-load",
           "placement inside a pool: least-load (fewest requests, then KV use) or p2c (power of "
           "two choices)");
-ABSL_FLAG(int, prefix_affinity_tokens, 0,
-          "prefix affinity: requests whose first N prompt tokens match prefer the same worker "
-          "(0 = off)");
+ABSL_FLAG(int, prefix_affinity_tokens, 32,
+          "prefix affinity: requests whose first N prompt tokens match prefer the same worker, "
+          "where the worker's prefix cache holds their KV (shorter prompts: plain placement; "
+          "0 = off)");
 ABSL_FLAG(int, affinity_load_slack, 4,
           "prefix affinity yields when the preferred worker has more than this many requests "
           "above the least-loaded one");

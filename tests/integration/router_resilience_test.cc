@@ -748,24 +748,36 @@ TEST_F(RouterResilience, RegistrationNeedsTheSecretAndTheEndpointItsApiKeys) {
 
 // --- Placement ----------------------------------------------------------------------------
 
+// With --prefix-affinity-tokens=8 (and p2c placement), then with the router's defaults (32
+// tokens, least-load): a shared system prompt stays on one worker, where the worker's prefix
+// cache serves its blocks to the later requests; different prompts still spread.
 TEST_F(RouterResilience, PrefixAffinityKeepsASharedPrefixOnOneWorker) {
-  auto router = Router("affinity-router", {"--prefix-affinity-tokens=8", "--placement=p2c"});
-  ASSERT_TRUE(router);
-  auto workers = Workers(*router, {"p0", "p1", "p2"});
   const std::string system =
-      "You are a helpful assistant for the glm-fleet project. Answer briefly and precisely. ";
-  std::set<std::string> shared, distinct;
-  for (int i = 0; i < 9; ++i) {
-    StreamResult r = Generate(router->address(), SampledRequest(system + absl::StrCat("Question ", i), 2, i));
-    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
-    shared.insert(r.final_info.served_by().worker_id());
-    StreamResult d = Generate(router->address(),
-                              SampledRequest(absl::StrCat(i, " unrelated words make a different prefix ", i), 2, i));
-    ASSERT_TRUE(d.status.ok()) << d.status.error_message();
-    distinct.insert(d.final_info.served_by().worker_id());
+      "You are a helpful assistant for the glm-fleet project. Answer briefly and precisely, and "
+      "say so when a question about the cluster cannot be answered from what you were told. ";
+  for (bool defaults : {false, true}) {
+    auto router = defaults ? Router("affinity-default-router")
+                           : Router("affinity-router", {"--prefix-affinity-tokens=8", "--placement=p2c"});
+    ASSERT_TRUE(router);
+    const std::string tag = defaults ? "d" : "p";
+    auto workers = Workers(*router, {tag + "0", tag + "1", tag + "2"});
+    std::set<std::string> shared, distinct;
+    int cached = 0;
+    for (int i = 0; i < 9; ++i) {
+      StreamResult r = Generate(router->address(), SampledRequest(system + absl::StrCat("Question ", i), 2, i));
+      ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+      shared.insert(r.final_info.served_by().worker_id());
+      cached += r.final_info.usage().cached_prompt_tokens();
+      StreamResult d = Generate(router->address(),
+                                SampledRequest(absl::StrCat(i, " unrelated words make a different prefix ", i), 2, i));
+      ASSERT_TRUE(d.status.ok()) << d.status.error_message();
+      distinct.insert(d.final_info.served_by().worker_id());
+    }
+    const std::string what = defaults ? " (router defaults)" : " (8 tokens)";
+    EXPECT_EQ(shared.size(), 1u) << "same first tokens -> same worker" << what;
+    EXPECT_GT(distinct.size(), 1u) << "different prefixes spread" << what;
+    EXPECT_GE(cached, 8 * 32) << "the 8 later requests found the system prompt's blocks" << what;
   }
-  EXPECT_EQ(shared.size(), 1u) << "same first 8 tokens -> same worker";
-  EXPECT_GT(distinct.size(), 1u) << "different prefixes spread";
 }
 
 }  // namespace
