@@ -51,6 +51,7 @@ GenerationRequest Request(int i) {
   for (int t = 0; t < 2 + 3 * i; ++t) r.prompt_token_ids.push_back((29 * i + 5 * t + 1) % 500);
   r.max_new_tokens = 6;
   r.ignore_eos = true;
+  r.sampling.temperature = 0.0f;  // greedy: the fp32 runs must pick the same tokens
   return r;
 }
 
