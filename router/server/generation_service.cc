@@ -124,6 +124,7 @@ absl::StatusOr<PreparedRequest> GenerationServiceImpl::Prepare(
   if (!sampling.ok()) return sampling.status();
   if (auto s = ValidateMaxTokens(request.max_tokens(), options_.limits); !s.ok()) return s;
   if (auto s = ValidateStops(request.stop(), options_.limits); !s.ok()) return s;
+  if (auto s = ValidateLogprobs(request.logprobs()); !s.ok()) return s;
   if (request.request_id().size() > 128) {
     return absl::InvalidArgumentError("request_id is longer than 128 bytes: shorten it");
   }
@@ -234,6 +235,7 @@ absl::StatusOr<PreparedRequest> GenerationServiceImpl::Prepare(
   *worker.mutable_stop() = request.stop();
   worker.set_ignore_eos(request.ignore_eos());
   worker.set_priority(request.priority());
+  worker.set_logprobs(request.logprobs());
   return prepared;
 }
 

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -341,6 +342,56 @@ TEST_F(Cluster, WorkerPrefixCacheReusesASharedPromptAndChangesNoToken) {
   EXPECT_GE(SumMetric(*after, "glm_worker_prefix_cache_blocks"), 2);
 }
 
+// logprobs through the router: one entry per streamed token, each with the asked number of
+// most likely tokens in order; greedy picks the first of them; out of range is INVALID_ARGUMENT.
+TEST_F(Cluster, LogprobsStreamWithEveryTokenThroughTheRouter) {
+  glm::v1::GenerateRequest request = PromptRequest("The quick brown fox", 8);
+  request.set_ignore_eos(true);
+  request.mutable_sampling()->set_temperature(0);
+  request.set_logprobs(3);
+  auto stub = glm::v1::Generation::NewStub(*MakeChannel(router()));
+  grpc::ClientContext context;
+  context.set_deadline(In(absl::Seconds(60)));
+  auto reader = stub->Generate(&context, request);
+  glm::v1::GenerateResponse response;
+  std::vector<int32_t> ids;
+  std::vector<glm::v1::TokenLogprob> logprobs;
+  while (reader->Read(&response)) {
+    EXPECT_EQ(response.logprobs_size(), response.token_ids_size());
+    ids.insert(ids.end(), response.token_ids().begin(), response.token_ids().end());
+    logprobs.insert(logprobs.end(), response.logprobs().begin(), response.logprobs().end());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(ids.size(), 8u);
+  ASSERT_EQ(logprobs.size(), 8u);
+  for (size_t k = 0; k < ids.size(); ++k) {
+    const glm::v1::TokenLogprob& lp = logprobs[k];
+    EXPECT_EQ(lp.token_id(), ids[k]);
+    ASSERT_EQ(lp.top_size(), 3) << k;
+    EXPECT_EQ(lp.top(0).token_id(), ids[k]) << "greedy takes the most likely token";
+    EXPECT_FLOAT_EQ(lp.logprob(), lp.top(0).logprob());
+    double mass = 0;
+    for (int n = 0; n < 3; ++n) {
+      EXPECT_LE(lp.top(n).logprob(), 0.f);
+      if (n > 0) {
+        EXPECT_LE(lp.top(n).logprob(), lp.top(n - 1).logprob());
+      }
+      mass += std::exp(lp.top(n).logprob());
+    }
+    EXPECT_LE(mass, 1.0 + 1e-5);
+  }
+  // The same tokens as without logprobs (the worker samples on the host path for them).
+  request.set_logprobs(0);
+  StreamResult plain = Generate(router(), request);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
+  EXPECT_EQ(plain.ids, ids);
+  request.set_logprobs(21);
+  StreamResult refused = Generate(router(), request);
+  EXPECT_EQ(refused.status.error_code(), grpc::INVALID_ARGUMENT);
+  EXPECT_NE(refused.status.error_message().find("logprobs is 21"), std::string::npos)
+      << refused.status.error_message();
+}
+
 TEST_F(Cluster, HealthServingAndGlmctlShowsWorkers) {
   for (const std::string& address : {router(), workers_["w0"]->address()}) {
     auto stub = grpc::health::v1::Health::NewStub(*MakeChannel(address));
@@ -369,6 +420,15 @@ TEST_F(Cluster, HealthServingAndGlmctlShowsWorkers) {
   EXPECT_EQ(j["pool"], "tiny/fp32");
   // A two-token prompt fills no KV block: nothing of it can come from the prefix cache.
   EXPECT_EQ(j["cached_prompt_tokens"], 0) << generated;
+  auto [lp_code, with_logprobs] =
+      RunCommand({Bin("tools/glmctl/glmctl"), "--router=" + router(), "generate",
+                  "--prompt=hi there", "--max-tokens=4", "--temperature=0", "--json", "--logprobs=2"},
+                 absl::Seconds(60));
+  ASSERT_EQ(lp_code, 0) << with_logprobs;
+  nlohmann::json lj = nlohmann::json::parse(with_logprobs);
+  ASSERT_EQ(lj["logprobs"].size(), lj["token_ids"].size()) << with_logprobs;
+  EXPECT_EQ(lj["logprobs"][0]["top"].size(), 2u) << with_logprobs;
+  EXPECT_EQ(lj["logprobs"][0]["token_id"], lj["token_ids"][0]);
   auto [chat_code, chat] = RunCommand({Bin("tools/glmctl/glmctl"), "--router=" + router(), "chat",
                                        "--max-tokens=3", "--temperature=0"},
                                       absl::Seconds(60), "hello\nand again\n");

@@ -35,6 +35,9 @@ ABSL_FLAG(int, top_k, -1, "top-k (0 = off); unset = off");
 ABSL_FLAG(int64_t, seed, -1, "sampling seed (unset = 0)");
 ABSL_FLAG(std::string, precision, "auto", "auto, fp32, bf16, fp16-safe, fp16");
 ABSL_FLAG(bool, json, false, "generate: print one JSON object at the end instead of streaming");
+ABSL_FLAG(int, logprobs, 0,
+          "generate --json: each token's logprob and the N most likely tokens at its position "
+          "(0 = none, at most 20)");
 ABSL_FLAG(int, timeout_ms, 120000, "deadline per call");
 ABSL_FLAG(std::string, api_key, "", "API key for a router started with --api-keys-file "
           "(default: $GLM_API_KEY)");
@@ -72,6 +75,7 @@ absl::StatusOr<glm::v1::GenerateRequest> BaseRequest() {
     return absl::InvalidArgumentError("--precision: use auto, fp32, bf16, fp16-safe or fp16");
   }
   request.set_precision(precision);
+  request.set_logprobs(absl::GetFlag(FLAGS_logprobs));
   return request;
 }
 
@@ -79,12 +83,16 @@ absl::StatusOr<glm::v1::GenerateRequest> BaseRequest() {
 // and fills text/ids/final.
 grpc::Status Stream(glm::v1::Generation::Stub* stub, const glm::v1::GenerateRequest& request,
                     bool quiet, std::string* text, std::vector<int32_t>* ids,
-                    glm::v1::FinalInfo* final_info) {
+                    glm::v1::FinalInfo* final_info,
+                    std::vector<glm::v1::TokenLogprob>* logprobs = nullptr) {
   auto context = NewContext();
   auto reader = stub->Generate(context.get(), request);
   glm::v1::GenerateResponse response;
   while (reader->Read(&response)) {
     ids->insert(ids->end(), response.token_ids().begin(), response.token_ids().end());
+    if (logprobs != nullptr) {
+      logprobs->insert(logprobs->end(), response.logprobs().begin(), response.logprobs().end());
+    }
     *text += response.text();
     if (!quiet && !response.text().empty()) {
       std::fwrite(response.text().data(), 1, response.text().size(), stdout);
@@ -110,7 +118,8 @@ int Generate(glm::v1::Generation::Stub* stub) {
   std::string text;
   std::vector<int32_t> ids;
   glm::v1::FinalInfo final_info;
-  grpc::Status status = Stream(stub, *request, json, &text, &ids, &final_info);
+  std::vector<glm::v1::TokenLogprob> logprobs;
+  grpc::Status status = Stream(stub, *request, json, &text, &ids, &final_info, &logprobs);
   if (!status.ok()) {
     if (!json) std::printf("\n");
     return Fail(status);
@@ -123,6 +132,17 @@ int Generate(glm::v1::Generation::Stub* stub) {
     out["prompt_tokens"] = final_info.usage().prompt_tokens();
     out["generated_tokens"] = final_info.usage().generated_tokens();
     out["cached_prompt_tokens"] = final_info.usage().cached_prompt_tokens();
+    if (request->logprobs() > 0) {
+      nlohmann::json list = nlohmann::json::array();
+      for (const glm::v1::TokenLogprob& lp : logprobs) {
+        nlohmann::json top = nlohmann::json::array();
+        for (const glm::v1::TopLogprob& t : lp.top()) {
+          top.push_back({{"token_id", t.token_id()}, {"logprob", t.logprob()}});
+        }
+        list.push_back({{"token_id", lp.token_id()}, {"logprob", lp.logprob()}, {"top", top}});
+      }
+      out["logprobs"] = list;
+    }
     out["worker"] = final_info.served_by().worker_id();
     out["pool"] = final_info.served_by().pool();
     out["precision"] = PrecisionLabel(final_info.served_by().precision());

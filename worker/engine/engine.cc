@@ -20,6 +20,29 @@
 namespace glm {
 namespace {
 
+// The log-softmax of a logits row at `token` and its `n` most likely entries, most likely first
+// (ties: lower id first); log-sum-exp in double.
+void LogSoftmaxTop(std::span<const float> row, int32_t token, int32_t n, float* token_logprob,
+                   std::vector<TokenLogprob>* top) {
+  float max_logit = -std::numeric_limits<float>::infinity();
+  for (float v : row) max_logit = std::max(max_logit, v);
+  double sum = 0.0;
+  for (float v : row) sum += std::exp(static_cast<double>(v) - max_logit);
+  const double lse = max_logit + std::log(sum);
+  *token_logprob = static_cast<float>(row[static_cast<size_t>(token)] - lse);
+  // Selection with a sorted window of n: a candidate enters only if it beats the window's last.
+  std::vector<int32_t> best;
+  best.reserve(static_cast<size_t>(n) + 1);
+  auto better = [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
+  for (int32_t v = 0; v < static_cast<int32_t>(row.size()); ++v) {
+    if (static_cast<int32_t>(best.size()) == n && !better(v, best.back())) continue;
+    best.insert(std::upper_bound(best.begin(), best.end(), v, better), v);
+    if (static_cast<int32_t>(best.size()) > n) best.pop_back();
+  }
+  top->clear();
+  for (int32_t v : best) top->push_back({v, static_cast<float>(row[static_cast<size_t>(v)] - lse)});
+}
+
 struct PendingEvent {
   std::shared_ptr<const TokenCallback> callback;
   TokenEvent event;
@@ -47,6 +70,11 @@ absl::Status ValidateRequest(const GenerationRequest& request, const TokenCallba
     return absl::InvalidArgumentError(absl::StrFormat(
         "request %s: max_new_tokens is %d, it must be at least 1", request.request_id,
         request.max_new_tokens));
+  }
+  if (request.logprobs < 0 || request.logprobs > kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "request %s: logprobs is %d: use 0 (none) to %d (the most likely tokens a position)",
+        request.request_id, request.logprobs, kMaxLogprobs));
   }
   const int64_t num_resume = static_cast<int64_t>(request.resume_token_ids.size());
   if (num_resume >= request.max_new_tokens) {
@@ -153,7 +181,9 @@ class Engine::Impl {
   absl::Status RunForward(const SchedulerOutput& output);
   // Fails a request whose logits were not finite (the guard), emitting none of its tokens.
   void FailNonFinite(Sequence* seq, int32_t generated_index);
-  void AcceptToken(Sequence* seq, int32_t token_id);
+  // logits: the model's row for the token (before sampling processed it) when the request asked
+  // for logprobs, else null.
+  void AcceptToken(Sequence* seq, int32_t token_id, const float* logits = nullptr);
   // Adds text to the held-back text and returns what may be emitted now: everything up to the
   // first stop string (then *stop_hit), all of it when final, otherwise all but the last
   // max_stop_bytes - 1 bytes (cut at a character boundary), which might start a stop string.
@@ -190,6 +220,7 @@ class Engine::Impl {
   std::vector<PendingEvent> events_;
   StepBatch batch_;
   std::vector<float> logits_;  // [num_logit_rows, vocab]
+  std::vector<float> logprob_row_;  // [vocab] a row before sampling processes it (logprobs)
   std::vector<RowSampling> row_sampling_;  // [num_logit_rows] for Backend::ForwardSample
   std::vector<int32_t> sampled_tokens_;    // [num_logit_rows] from Backend::ForwardSample
   std::vector<uint8_t> sampled_finite_;    // [num_logit_rows] 1 when the row's logits were finite
@@ -309,7 +340,7 @@ void Engine::Impl::Finish(Sequence* seq, FinishReason reason, absl::Status error
   }
 }
 
-void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id) {
+void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id, const float* logits) {
   const auto now = Sequence::Clock::now();
   if (seq->first_token_time == Sequence::Clock::time_point{}) seq->first_token_time = now;
   seq->last_token_time = now;
@@ -330,6 +361,10 @@ void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id) {
   event.prompt_tokens = seq->num_prompt_tokens;
   event.generated_tokens = seq->num_generated();
   event.cached_prompt_tokens = seq->num_cached_prompt_tokens;
+  if (logits != nullptr && request.logprobs > 0) {
+    LogSoftmaxTop(std::span<const float>(logits, static_cast<size_t>(vocab_size_)), token_id,
+                  request.logprobs, &event.logprob, &event.top_logprobs);
+  }
 
   bool stop_hit = false;
   if (seq->detokenizer) {
@@ -373,9 +408,15 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     batch_.seqs.push_back(std::move(step));
   }
 
-  // Unless someone watches logits, the backend picks the tokens itself (on a GPU: sampling and
-  // the non-finite check on the device, no [rows, vocab] copy to the host).
-  const bool backend_samples = !options_.logits_observer;
+  // Unless someone watches logits or a request wants logprobs, the backend picks the tokens
+  // itself (on a GPU: sampling and the non-finite check on the device, no [rows, vocab] copy to
+  // the host).
+  const bool backend_samples =
+      !options_.logits_observer &&
+      std::none_of(output.scheduled.begin(), output.scheduled.end(), [](const ScheduledSequence& s) {
+        return s.seq->request.logprobs > 0 && s.seq->num_computed_tokens + s.num_new_tokens ==
+                                                  s.seq->num_tokens();
+      });
   absl::Status status;
   size_t expected = static_cast<size_t>(batch_.num_logit_rows()) * vocab_size_;
   if (backend_samples) {
@@ -444,13 +485,17 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     if (options_.logits_observer) {
       options_.logits_observer(seq->request.request_id, generated_index, logits.data(), vocab_size_);
     }
+    // The sampler processes the row in place (penalty, temperature): logprobs come from a copy
+    // of the model's own row.
+    const bool wants_logprobs = seq->request.logprobs > 0;
+    if (wants_logprobs) logprob_row_.assign(logits.begin(), logits.end());
     SampleOutcome outcome =
         sampler_.Sample(logits, seq->request.sampling, seq->token_ids, generated_index);
     if (outcome.nonfinite) {
       FailNonFinite(seq, generated_index);
       continue;
     }
-    AcceptToken(seq, outcome.token_id);
+    AcceptToken(seq, outcome.token_id, wants_logprobs ? logprob_row_.data() : nullptr);
   }
   if (options_.step_observer) options_.step_observer(step_info);
   return absl::OkStatus();

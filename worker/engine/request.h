@@ -27,6 +27,18 @@ struct GenerationRequest {
   bool ignore_eos = false;
   bool skip_special_tokens = true;        // in text deltas
   int32_t priority = 0;                   // larger runs first when admitting
+  // 0: none; 1..kMaxLogprobs: every generated token's log-probability and the `logprobs` most
+  // likely tokens of its position, from the model's distribution (raw logits: before
+  // temperature, repetition penalty, top-k / top-p). Steps with such a request bring the logits
+  // to the host (Backend::Forward) instead of sampling on the device.
+  int32_t logprobs = 0;
+};
+
+constexpr int32_t kMaxLogprobs = 20;
+
+struct TokenLogprob {
+  int32_t token_id = -1;
+  float logprob = 0.f;
 };
 
 // One event per generated token; the last one has finished = true (it may carry no token,
@@ -42,6 +54,10 @@ struct TokenEvent {
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int32_t cached_prompt_tokens = 0;  // prompt tokens the prefix cache held (not computed)
+  // With GenerationRequest::logprobs: the token's own logprob, and the most likely tokens of its
+  // position, most likely first (ties: lower id first).
+  float logprob = 0.f;
+  std::vector<TokenLogprob> top_logprobs;
 };
 
 using TokenCallback = std::function<void(const TokenEvent&)>;

@@ -138,4 +138,12 @@ absl::Status ValidateMaxTokens(int32_t max_tokens, const RequestLimits& limits) 
   return absl::OkStatus();
 }
 
+absl::Status ValidateLogprobs(int32_t logprobs) {
+  if (logprobs < 0 || logprobs > kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("logprobs is ", logprobs, ": use 0 (none) to ",
+                                                   kMaxLogprobs, " (the most likely tokens a position)"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace glm

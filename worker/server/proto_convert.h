@@ -46,5 +46,7 @@ absl::StatusOr<SamplingParams> SamplingFromProto(const glm::v1::SamplingParams& 
 absl::Status ValidateStops(const google::protobuf::RepeatedPtrField<std::string>& stop,
                            const RequestLimits& limits);
 absl::Status ValidateMaxTokens(int32_t max_tokens, const RequestLimits& limits);
+// logprobs in 0..kMaxLogprobs.
+absl::Status ValidateLogprobs(int32_t logprobs);
 
 }  // namespace glm

@@ -85,5 +85,15 @@ TEST(ProtoConvert, MaxTokensAndStopsAreBounded) {
   EXPECT_FALSE(ValidateStops(stops, limits).ok());
 }
 
+TEST(ProtoConvert, LogprobsAreBoundedWithAMessageGivingTheRange) {
+  EXPECT_TRUE(ValidateLogprobs(0).ok());
+  EXPECT_TRUE(ValidateLogprobs(kMaxLogprobs).ok());
+  for (int32_t bad : {-1, kMaxLogprobs + 1}) {
+    const absl::Status s = ValidateLogprobs(bad);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(s.message().find("use 0 (none) to 20"), std::string::npos) << s;
+  }
+}
+
 }  // namespace
 }  // namespace glm

@@ -73,6 +73,7 @@ absl::StatusOr<GenerationRequest> WorkerServiceImpl::BuildRequest(
   if (auto s = check_ids(request.resume_token_ids(), "resume_token_ids"); !s.ok()) return s;
   if (auto s = ValidateMaxTokens(request.max_tokens(), options_.limits); !s.ok()) return s;
   if (auto s = ValidateStops(request.stop(), options_.limits); !s.ok()) return s;
+  if (auto s = ValidateLogprobs(request.logprobs()); !s.ok()) return s;
   auto sampling = SamplingFromProto(request.sampling());
   if (!sampling.ok()) return sampling.status();
 
@@ -111,6 +112,7 @@ absl::StatusOr<GenerationRequest> WorkerServiceImpl::BuildRequest(
   out.stop_strings.assign(request.stop().begin(), request.stop().end());
   out.ignore_eos = request.ignore_eos();
   out.priority = request.priority() == glm::v1::PRIORITY_BATCH ? 0 : 1;
+  out.logprobs = request.logprobs();
   return out;
 }
 
@@ -181,6 +183,16 @@ grpc::Status WorkerServiceImpl::Generate(grpc::ServerContext* context,
       if (event.token_id >= 0) {
         if (response.token_ids_size() == 0) response.set_index(event.index);
         response.add_token_ids(event.token_id);
+        if (request->logprobs() > 0) {
+          glm::v1::TokenLogprob* lp = response.add_logprobs();
+          lp->set_token_id(event.token_id);
+          lp->set_logprob(event.logprob);
+          for (const TokenLogprob& t : event.top_logprobs) {
+            glm::v1::TopLogprob* top = lp->add_top();
+            top->set_token_id(t.token_id);
+            top->set_logprob(t.logprob);
+          }
+        }
         ++generated_tokens;
         if (metrics_) {
           if (first_token_time == absl::InfinitePast()) {

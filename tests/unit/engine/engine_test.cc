@@ -37,6 +37,8 @@ struct Result {
   int32_t prompt_tokens = 0;
   int32_t generated_tokens = 0;
   int32_t cached_prompt_tokens = 0;
+  std::vector<float> logprobs;                      // per token event
+  std::vector<std::vector<TokenLogprob>> tops;      // per token event
 };
 
 // Collects every request's events (thread-safe: the background-thread tests use it too).
@@ -53,6 +55,8 @@ class Collector {
       if (event.token_id >= 0) {
         r.tokens.push_back(event.token_id);
         r.indices.push_back(event.index);
+        r.logprobs.push_back(event.logprob);
+        r.tops.push_back(event.top_logprobs);
       }
       if (!event.text_delta.empty()) r.deltas.push_back(event.text_delta);
       r.text += event.text_delta;
@@ -743,6 +747,64 @@ TEST(Engine, NonFiniteLogitsFailOnlyThatRequestWithAClearStatus) {
   EngineStats stats = engine->Stats();
   EXPECT_EQ(stats.nonfinite, 2);
   EXPECT_EQ(stats.kv_blocks_free, stats.kv_blocks_total);
+}
+
+// logprobs: every token's log-probability and the most likely tokens of its position, from the
+// model's raw distribution (the fake backend's logits of that context, log-softmaxed here in
+// double), for greedy and sampled requests batched with ones that ask for none; the tokens are
+// those of runs without logprobs (the host path samples what the backend path samples).
+TEST(Engine, LogprobsAreTheLogSoftmaxOfTheModelsLogitsAndChangeNoToken) {
+  const FakePagedBackend model(FakeConfig(), {});
+  auto engine = MakeEngine(SmallOptions());
+  Collector collector;
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 4; ++i) {
+    GenerationRequest r = MakeRequest(absl::StrCat("lp", i), RandomPrompt(40 + i, 3 + 2 * i), 6,
+                                      i % 2 ? 0.9f : 0.0f, 70 + i);
+    if (i == 3) r.sampling.repetition_penalty = 1.4f;  // processing does not touch logprobs
+    r.logprobs = i == 2 ? 0 : 1 + 2 * i;               // 1, 3, none, 7
+    requests.push_back(r);
+    ASSERT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+  }
+  ASSERT_TRUE(engine->RunUntilIdle().ok());
+  for (const GenerationRequest& r : requests) {
+    const Result got = collector.Get(r.request_id);
+    GenerationRequest plain = r;
+    plain.logprobs = 0;
+    ExpectSameOutput(got, RunAlone(plain), r.request_id);
+    ASSERT_EQ(got.tops.size(), got.tokens.size());
+    std::vector<int32_t> context = r.prompt_token_ids;
+    for (size_t k = 0; k < got.tokens.size(); ++k) {
+      if (r.logprobs == 0) {
+        EXPECT_TRUE(got.tops[k].empty()) << r.request_id;
+        continue;
+      }
+      std::vector<float> row;
+      model.AppendLogits(context, &row);
+      double max_logit = *std::max_element(row.begin(), row.end()), sum = 0;
+      for (float v : row) sum += std::exp(v - max_logit);
+      const double lse = max_logit + std::log(sum);
+      EXPECT_NEAR(got.logprobs[k], row[static_cast<size_t>(got.tokens[k])] - lse, 1e-5)
+          << r.request_id << " token " << k;
+      std::vector<int32_t> order(row.size());
+      for (size_t v = 0; v < order.size(); ++v) order[v] = static_cast<int32_t>(v);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+      ASSERT_EQ(got.tops[k].size(), static_cast<size_t>(r.logprobs)) << r.request_id;
+      for (int n = 0; n < r.logprobs; ++n) {
+        EXPECT_EQ(got.tops[k][n].token_id, order[n]) << r.request_id << " token " << k << " rank " << n;
+        EXPECT_NEAR(got.tops[k][n].logprob, row[static_cast<size_t>(order[n])] - lse, 1e-5);
+      }
+      if (r.sampling.temperature == 0.0f) {
+        EXPECT_EQ(got.tops[k][0].token_id, got.tokens[k]);
+      }
+      context.push_back(got.tokens[k]);
+    }
+  }
+  GenerationRequest bad = MakeRequest("bad", {5, 6}, 2);
+  bad.logprobs = kMaxLogprobs + 1;
+  const absl::Status refused = engine->Submit(bad, collector.For("bad"));
+  EXPECT_EQ(refused.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("logprobs is 21: use 0 (none) to 20"), std::string::npos) << refused;
 }
 
 TEST(Engine, TopK1AndTinyTopPEqualGreedy) {
