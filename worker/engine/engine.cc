@@ -43,6 +43,13 @@ void LogSoftmaxTop(std::span<const float> row, int32_t token, int32_t n, float* 
   for (int32_t v : best) top->push_back({v, static_cast<float>(row[static_cast<size_t>(v)] - lse)});
 }
 
+// The usage counts every event of a request carries.
+void SetUsage(const Sequence& seq, TokenEvent* event) {
+  event->prompt_tokens = seq.num_prompt_tokens;
+  event->generated_tokens = seq.num_generated();
+  event->cached_prompt_tokens = seq.num_cached_prompt_tokens;
+}
+
 struct PendingEvent {
   std::shared_ptr<const TokenCallback> callback;
   TokenEvent event;
@@ -333,9 +340,7 @@ void Engine::Impl::Finish(Sequence* seq, FinishReason reason, absl::Status error
     event.finished = true;
     event.finish_reason = reason;
     event.error = std::move(error);
-    event.prompt_tokens = seq->num_prompt_tokens;
-    event.generated_tokens = seq->num_generated();
-    event.cached_prompt_tokens = seq->num_cached_prompt_tokens;
+    SetUsage(*seq, &event);
     events_.push_back({seq->callback, std::move(event)});
   }
 }
@@ -358,9 +363,7 @@ void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id, const float* log
   event.request_id = seq->id();
   event.token_id = token_id;
   event.index = seq->num_generated() - 1;
-  event.prompt_tokens = seq->num_prompt_tokens;
-  event.generated_tokens = seq->num_generated();
-  event.cached_prompt_tokens = seq->num_cached_prompt_tokens;
+  SetUsage(*seq, &event);
   if (logits != nullptr && request.logprobs > 0) {
     LogSoftmaxTop(std::span<const float>(logits, static_cast<size_t>(vocab_size_)), token_id,
                   request.logprobs, &event.logprob, &event.top_logprobs);
@@ -389,6 +392,7 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
   batch_.token_ids.clear();
   batch_.positions.clear();
   batch_.seqs.clear();
+  bool logprobs_rows = false;  // a logits row of this step belongs to a request wanting logprobs
   for (const ScheduledSequence& scheduled : output.scheduled) {
     const Sequence& seq = *scheduled.seq;
     const int32_t start = seq.num_computed_tokens;
@@ -400,6 +404,7 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     step.context_len = end;
     step.block_table = seq.block_table;
     step.wants_logits = end == seq.num_tokens();
+    logprobs_rows = logprobs_rows || (step.wants_logits && seq.request.logprobs > 0);
     for (int32_t position = start; position < end; ++position) {
       batch_.token_ids.push_back(seq.token_ids[static_cast<size_t>(position)]);
       batch_.positions.push_back(position);
@@ -411,12 +416,7 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
   // Unless someone watches logits or a request wants logprobs, the backend picks the tokens
   // itself (on a GPU: sampling and the non-finite check on the device, no [rows, vocab] copy to
   // the host).
-  const bool backend_samples =
-      !options_.logits_observer &&
-      std::none_of(output.scheduled.begin(), output.scheduled.end(), [](const ScheduledSequence& s) {
-        return s.seq->request.logprobs > 0 && s.seq->num_computed_tokens + s.num_new_tokens ==
-                                                  s.seq->num_tokens();
-      });
+  const bool backend_samples = !options_.logits_observer && !logprobs_rows;
   absl::Status status;
   size_t expected = static_cast<size_t>(batch_.num_logit_rows()) * vocab_size_;
   if (backend_samples) {

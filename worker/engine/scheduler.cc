@@ -112,10 +112,8 @@ SchedulerOutput Scheduler::SchedulePass(bool with_decodes, int32_t preempted_bef
     Sequence* seq = waiting_.front();  // nothing computed, no blocks (new or preempted)
     // Prefix caching: the leading full blocks already in the cache are taken, not computed; at
     // least the last token is computed (its logits are what the admission is for).
-    std::vector<int32_t> prefix;
-    if (kv_cache_->prefix_caching()) {
-      prefix = kv_cache_->MatchPrefix(seq->token_ids, (seq->num_tokens() - 1) / kv_cache_->block_size());
-    }
+    const std::vector<int32_t> prefix =  // empty without prefix caching
+        kv_cache_->MatchPrefix(seq->token_ids, (seq->num_tokens() - 1) / kv_cache_->block_size());
     const int32_t cached = static_cast<int32_t>(prefix.size()) * kv_cache_->block_size();
     int32_t num_new = std::min(seq->num_tokens() - cached, budget);
     // Strict order: when the head does not fit, nobody behind it jumps the queue.

@@ -1,7 +1,9 @@
 #include "worker/engine/kv_cache_manager.h"
 
 #include <algorithm>
+#include <initializer_list>
 #include <set>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -75,6 +77,12 @@ std::vector<int32_t> Tokens(int32_t n, int32_t base = 100) {
   std::vector<int32_t> t(static_cast<size_t>(n));
   for (int32_t i = 0; i < n; ++i) t[static_cast<size_t>(i)] = base + i;
   return t;
+}
+
+// a, then more.
+std::vector<int32_t> Followed(std::vector<int32_t> a, std::initializer_list<int32_t> more) {
+  a.insert(a.end(), more.begin(), more.end());
+  return a;
 }
 
 // What a sequence does: allocate for its tokens, "compute" them all, register its full blocks.
@@ -196,9 +204,7 @@ TEST(KvCachePrefix, MatchingMovesABlockToTheBackOfTheEvictionOrder) {
 TEST(KvCachePrefix, FailedBlocksLeaveTheCacheAndTakeTheirDescendantsWithThem) {
   KvCacheManager kv(8, 2, true);
   const std::vector<int32_t> x = Tokens(2, 100);
-  std::vector<int32_t> xz = x;
-  xz.push_back(300);
-  xz.push_back(301);
+  const std::vector<int32_t> xz = Followed(x, {300, 301});
   std::vector<int32_t> t1 = Computed(kv, x);  // x in one block
   // A second sequence continues x with z: its z block's parent is x's block.
   std::vector<int32_t> t2;
@@ -219,9 +225,7 @@ TEST(KvCachePrefix, FailedBlocksLeaveTheCacheAndTakeTheirDescendantsWithThem) {
 TEST(KvCachePrefix, ADuplicateStaysPrivateAndItsSuccessorsChainToTheRegisteredCopy) {
   KvCacheManager kv(8, 2, true);
   const std::vector<int32_t> x = Tokens(2, 100);
-  std::vector<int32_t> xw = x;
-  xw.push_back(400);
-  xw.push_back(401);
+  const std::vector<int32_t> xw = Followed(x, {400, 401});
   // Two sequences compute x at the same time, each in its own block; only the first registers.
   std::vector<int32_t> t1 = Computed(kv, x);
   std::vector<int32_t> t2;
