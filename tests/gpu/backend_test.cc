@@ -14,6 +14,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,6 +23,7 @@
 #include "tests/gpu/test_model.h"
 #include "tools/glm-mkmodel/random_checkpoint.h"
 #include "worker/backend/backend.h"
+#include "worker/backend/sampling/logprobs.h"
 #include "worker/backend/cuda/cuda_backend.h"
 #include "worker/backend/cuda/kernels.h"
 #include "worker/backend/cuda/launch.cuh"
@@ -160,22 +162,61 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
         }
         p.seed = 1000 + 31 * step + r;
         scopes[r] = {static_cast<int32_t>(std::max_element(g, g + V) - g), 1, 2, 2};
-        rows.push_back(RowSampling{&p, step, &scopes[r]});
+        // Logprobs on some rows (none, a few, the most a request may ask for).
+        const int32_t n_logprobs = r % 3 == 0 ? 0 : (r % 3 == 1 ? 5 : kMaxLogprobs);
+        rows.push_back(RowSampling{&p, step, &scopes[r], n_logprobs});
       }
       std::vector<int32_t> sampled;
       std::vector<uint8_t> sampled_finite;
-      absl::Status ss = gpu->ForwardSample(batch, rows, &sampled, &sampled_finite);
+      std::vector<RowLogprobs> sampled_logprobs;
+      absl::Status ss = gpu->ForwardSample(batch, rows, &sampled, &sampled_finite, &sampled_logprobs);
       ASSERT_TRUE(ss.ok()) << ss;
       ASSERT_EQ(sampled.size(), row_seq.size());
+      ASSERT_EQ(sampled_logprobs.size(), row_seq.size());
       Sampler host;
+      // The device's logprobs against LogSoftmaxTop on the same raw row at the same token: the
+      // same ids in the same order, values to fp32 summation order.
+      auto expect_logprobs = [&](size_t r, int32_t n, int32_t token, const RowLogprobs& lp) {
+        if (n == 0) {
+          EXPECT_TRUE(lp.top.empty()) << "row " << r << " asked for no logprobs";
+          return;
+        }
+        RowLogprobs want;
+        LogSoftmaxTop(std::span<const float>(got.data() + r * V, V), token, n, &want);
+        EXPECT_NEAR(lp.token_logprob, want.token_logprob, 1e-4f + 1e-5f * std::fabs(want.token_logprob))
+            << "step " << step << " row " << r;
+        ASSERT_EQ(lp.top.size(), want.top.size()) << "step " << step << " row " << r;
+        for (size_t k = 0; k < want.top.size(); ++k) {
+          EXPECT_EQ(lp.top[k].token_id, want.top[k].token_id) << "step " << step << " row " << r << " rank " << k;
+          EXPECT_NEAR(lp.top[k].logprob, want.top[k].logprob, 1e-4f + 1e-5f * std::fabs(want.top[k].logprob));
+        }
+      };
       for (size_t r = 0; r < row_seq.size(); ++r) {
         std::vector<float> row(got.begin() + r * V, got.begin() + (r + 1) * V);
         const SampleOutcome want = host.Sample(row, params[r], scopes[r], step);
         EXPECT_EQ(sampled_finite[r], want.nonfinite ? 0 : 1);
         EXPECT_EQ(sampled[r], want.token_id) << "step " << step << " row " << r;
+        expect_logprobs(r, rows[r].logprobs, sampled[r], sampled_logprobs[r]);
       }
+      // Plain greedy rows with logprobs: the sampler's path, not the argmax-only one.
+      SamplingParams greedy_params;
+      for (size_t r = 0; r < rows.size(); ++r) {
+        rows[r].params = &greedy_params;
+        rows[r].logprobs = 1 + static_cast<int32_t>(r % 4);
+      }
+      ss = gpu->ForwardSample(batch, rows, &sampled, &sampled_finite, &sampled_logprobs);
+      ASSERT_TRUE(ss.ok()) << ss;
+      for (size_t r = 0; r < row_seq.size(); ++r) {
+        EXPECT_EQ(sampled[r], greedy[r]) << "step " << step << " row " << r;
+        expect_logprobs(r, rows[r].logprobs, sampled[r], sampled_logprobs[r]);
+        ASSERT_FALSE(sampled_logprobs[r].top.empty());
+        EXPECT_EQ(sampled_logprobs[r].top[0].token_id, greedy[r]);
+      }
+      EXPECT_EQ(gpu->ForwardSample(batch, rows, &sampled, &sampled_finite, nullptr).code(),
+                absl::StatusCode::kInvalidArgument)
+          << "logprobs asked for without an output";
       rows.pop_back();
-      EXPECT_EQ(gpu->ForwardSample(batch, rows, &sampled, &sampled_finite).code(),
+      EXPECT_EQ(gpu->ForwardSample(batch, rows, &sampled, &sampled_finite, &sampled_logprobs).code(),
                 absl::StatusCode::kInvalidArgument);
     }
     ++steps;

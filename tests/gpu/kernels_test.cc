@@ -9,12 +9,14 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "tests/gpu/gpu_test_util.h"
 #include "worker/backend/cuda/kernels.h"
+#include "worker/backend/sampling/logprobs.h"
 #include "worker/backend/sampling/sampler.h"
 
 namespace glm {
@@ -1188,6 +1190,90 @@ TEST(SampleKernelTest, FrequenciesFollowTheDistribution) {
       EXPECT_EQ(in_heavy, draws);
     } else {
       EXPECT_LT(in_heavy, draws) << "the floor's mass is drawn too";
+    }
+  }
+}
+
+// Logprobs on the device: LogSoftmaxTop's ids in its order (ties to the lower id, also across
+// the threads' lists) and its values to fp32 summation order, for n = 1, a few and the most, on
+// a vector row and a scalar one (V % 4 != 0), a row narrower than n, rows without logprobs left
+// untouched, and a sampled token outside the row (NaN).
+TEST(LogprobsKernelTest, MatchesTheHostLogSoftmaxTop) {
+  GLM_REQUIRE_CUDA_DEVICE();
+  for (const int V : {151552, 8195, 7}) {
+    SCOPED_TRACE("V " + std::to_string(V));
+    const int rows = 6;
+    const int32_t ns[rows] = {1, 5, kMaxLogprobs, 0, kMaxLogprobs, 3};
+    Rng rng(500 + V);
+    std::vector<float> all = rng.Vector(int64_t{rows} * V, -8, 8);
+    std::vector<int32_t> tokens(rows);
+    for (int r = 0; r < rows; ++r) {
+      float* row = all.data() + int64_t{r} * V;
+      if (V > 100) {
+        // Ties among the best: equal values in different threads' strides and in one thread's.
+        for (int j : {V - 1, 3, V / 2, 149, 2}) row[j] = 12.5f;
+        row[V / 3] = 12.75f;
+      }
+      tokens[r] = static_cast<int32_t>((r * 7919) % V);
+    }
+    tokens[5] = V + 3;  // outside the row: NaN
+    TypedBuffer logits(DType::kF32, int64_t{rows} * V);
+    logits.Upload(all);
+    std::vector<cuda::SampleRowArgs> args(rows);
+    for (int r = 0; r < rows; ++r) args[r].logprobs = ns[r];
+    void *d_args = nullptr, *d_tok = nullptr, *d_vals = nullptr, *d_ids = nullptr;
+    constexpr int kLp = cuda::kDeviceMaxLogprobs;
+    ASSERT_CUDA(cudaMalloc(&d_args, rows * sizeof(cuda::SampleRowArgs)));
+    ASSERT_CUDA(cudaMemcpy(d_args, args.data(), rows * sizeof(cuda::SampleRowArgs), cudaMemcpyHostToDevice));
+    testing::UploadInts(&d_tok, tokens);
+    ASSERT_CUDA(cudaMalloc(&d_vals, rows * (1 + kLp) * 4));
+    ASSERT_CUDA(cudaMalloc(&d_ids, rows * kLp * 4));
+    ASSERT_CUDA(cudaMemset(d_vals, 0x7f, rows * (1 + kLp) * 4));  // what no row may change
+    ASSERT_CUDA(cudaMemset(d_ids, 0x7f, rows * kLp * 4));
+    ASSERT_CUDA(cuda::LaunchLogprobs(logits.as<float>(), rows, V, static_cast<cuda::SampleRowArgs*>(d_args),
+                                     static_cast<int32_t*>(d_tok), static_cast<float*>(d_vals),
+                                     static_cast<int32_t*>(d_ids), nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<float> vals(rows * (1 + kLp));
+    std::vector<int32_t> ids(rows * kLp);
+    ASSERT_CUDA(cudaMemcpy(vals.data(), d_vals, vals.size() * 4, cudaMemcpyDeviceToHost));
+    ASSERT_CUDA(cudaMemcpy(ids.data(), d_ids, ids.size() * 4, cudaMemcpyDeviceToHost));
+    cudaFree(d_args);
+    cudaFree(d_tok);
+    cudaFree(d_vals);
+    cudaFree(d_ids);
+    int32_t untouched_id = 0;
+    std::memset(&untouched_id, 0x7f, 4);
+    for (int r = 0; r < rows; ++r) {
+      SCOPED_TRACE("row " + std::to_string(r));
+      const int32_t* got_ids = ids.data() + r * kLp;
+      const float* got_vals = vals.data() + r * (1 + kLp);
+      if (ns[r] == 0) {
+        for (int k = 0; k < kLp; ++k) EXPECT_EQ(got_ids[k], untouched_id);
+        continue;
+      }
+      const std::span<const float> row(all.data() + int64_t{r} * V, V);
+      RowLogprobs want;
+      LogSoftmaxTop(row, std::min(tokens[r], V - 1), ns[r], &want);
+      if (tokens[r] >= V) {
+        EXPECT_TRUE(std::isnan(got_vals[0]));
+      } else {
+        EXPECT_NEAR(got_vals[0], want.token_logprob, 1e-4f + 1e-5f * std::fabs(want.token_logprob));
+      }
+      for (int k = 0; k < ns[r]; ++k) {
+        if (k >= static_cast<int>(want.top.size())) {
+          EXPECT_EQ(got_ids[k], -1) << "rank " << k << " of a row of " << V;
+          continue;
+        }
+        EXPECT_EQ(got_ids[k], want.top[k].token_id) << "rank " << k;
+        EXPECT_NEAR(got_vals[1 + k], want.top[k].logprob, 1e-4f + 1e-5f * std::fabs(want.top[k].logprob))
+            << "rank " << k;
+      }
+      if (V > 100 && ns[r] >= 5) {
+        EXPECT_EQ(got_ids[0], V / 3);
+        EXPECT_EQ(got_ids[1], 2);  // the tie at 12.5, lowest id first
+        EXPECT_EQ(got_ids[2], 3);
+      }
     }
   }
 }

@@ -140,7 +140,7 @@ for what in "$@"; do
       # offline-throughput run launch it): two launches after the first two steps, with the
       # stall reasons.
       ncu_small_bench "$OUT/ncu_attn256.txt" 8 --kernel-name-base demangled \
-        --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3(, true)?>" --launch-skip 80 --launch-count 2 \
+        --kernel-name "regex:AttentionMmaKernel<.*\(int\)2, \(int\)1, \(int\)3(, \(bool\)[01])?>" --launch-skip 80 --launch-count 2 \
         --section SchedulerStats --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu attention 256: rc=$?"
       grep -E "$ncu_lines|$ncu_stalls" "$OUT/ncu_attn256.txt" | head -80 ;;
@@ -158,7 +158,7 @@ for what in "$@"; do
       # run's 8,192-token steps of 512-token prompts (the bs1 TTFT prefills launch it ~200 times
       # first): pipe utilization, shared-memory bank conflicts and the stall reasons.
       ncu_small_bench "$OUT/ncu_prefill_attn.txt" 4 --kernel-name-base demangled \
-        --kernel-name "regex:AttentionMmaKernel<.*\(int\)4, \(int\)4, \(int\)2>" --launch-skip 300 --launch-count 2 \
+        --kernel-name "regex:AttentionMmaKernel<.*\(int\)4, \(int\)4, \(int\)2(, \(bool\)0)?>" --launch-skip 300 --launch-count 2 \
         --section SchedulerStats --section ComputeWorkloadAnalysis --section InstructionStats \
         --metrics "l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_st.sum,smsp__inst_executed.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio"
       echo "ncu prefill attention: rc=$?"

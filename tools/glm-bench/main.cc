@@ -78,6 +78,9 @@ ABSL_FLAG(double, temperature, 0.0, "offline throughput: sampling temperature (0
 ABSL_FLAG(int32_t, top_k, 0, "offline throughput: top-k (0 = off)");
 ABSL_FLAG(double, top_p, 1.0, "offline throughput: top-p (1 = off)");
 ABSL_FLAG(double, repetition_penalty, 1.0, "offline throughput: repetition penalty (1 = off)");
+ABSL_FLAG(int32_t, logprobs, 0,
+          "offline throughput: every request asks for its tokens' logprobs and this many most "
+          "likely tokens a position (0 = off, at most 20)");
 ABSL_FLAG(bool, profile, false, "CUDA: log a per-phase time breakdown (GLM_CUDA_PROFILE) of bs1 decode, "
           "the TTFT step, the second offline-throughput prefill step and two of its decode steps");
 ABSL_FLAG(std::string, baseline, "",
@@ -102,6 +105,7 @@ std::string SamplingLabel() {
   if (t > 0 && absl::GetFlag(FLAGS_top_k) > 0) absl::StrAppendFormat(&label, ", top-k %d", absl::GetFlag(FLAGS_top_k));
   if (t > 0 && absl::GetFlag(FLAGS_top_p) < 1) absl::StrAppendFormat(&label, ", top-p %g", absl::GetFlag(FLAGS_top_p));
   if (penalty != 1) absl::StrAppendFormat(&label, ", repetition penalty %g", penalty);
+  if (absl::GetFlag(FLAGS_logprobs) > 0) absl::StrAppendFormat(&label, ", logprobs %d", absl::GetFlag(FLAGS_logprobs));
   return label;
 }
 
@@ -271,6 +275,10 @@ absl::Status RunEngineMode(Figures* fig) {
   if (shared_len < 0 || shared_len > absl::GetFlag(FLAGS_input_len)) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "--shared_prefix_len=%d: use 0 to --input_len (%d)", shared_len, absl::GetFlag(FLAGS_input_len)));
+  }
+  if (absl::GetFlag(FLAGS_logprobs) < 0 || absl::GetFlag(FLAGS_logprobs) > kMaxLogprobs) {
+    return absl::InvalidArgumentError(absl::StrFormat("--logprobs=%d: use 0 (off) to %d",
+                                                      absl::GetFlag(FLAGS_logprobs), kMaxLogprobs));
   }
   // The kernel trace starts before the first CUDA call; its windows open around the traced steps.
   const std::string trace_path = absl::GetFlag(FLAGS_kernel_trace);
@@ -620,6 +628,7 @@ absl::Status RunEngineMode(Figures* fig) {
       req.sampling.top_p = static_cast<float>(absl::GetFlag(FLAGS_top_p));
       req.sampling.repetition_penalty = static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty));
       req.sampling.seed = static_cast<uint64_t>(r);
+      req.logprobs = absl::GetFlag(FLAGS_logprobs);
       if (keep_prompts) offline_prompts.push_back(req.prompt_token_ids);
       RETURN_IF_ERROR(engine->Submit(req, [&, r](const TokenEvent& ev) {
         if (ev.token_id >= 0) {
@@ -644,6 +653,7 @@ absl::Status RunEngineMode(Figures* fig) {
                             {"temperature", absl::GetFlag(FLAGS_temperature)},
                             {"top_k", absl::GetFlag(FLAGS_top_k)}, {"top_p", absl::GetFlag(FLAGS_top_p)},
                             {"repetition_penalty", absl::GetFlag(FLAGS_repetition_penalty)},
+                            {"logprobs", absl::GetFlag(FLAGS_logprobs)},
                             {"concurrency", concurrency},
                             {"scheduling", SchedulingPolicyName(eo.scheduling)}, {"wall_s", wall},
                             {"generated_tok_s", generated / wall},

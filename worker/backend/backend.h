@@ -17,6 +17,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_format.h"
+#include "worker/backend/sampling/logprobs.h"
 #include "worker/backend/sampling/sampler.h"
 #include "worker/model/config.h"
 #include "worker/precision/precision.h"
@@ -63,11 +65,13 @@ struct StepBatch {
 
 // How one logit row's next token is picked (Sampler::Sample's arguments): the request's
 // parameters, the index of the token being generated (its Philox draw) and the repetition
-// penalty's scope (prompt + generated ids, all in [0, vocab)).
+// penalty's scope (prompt + generated ids, all in [0, vocab)); and how many of the row's most
+// likely tokens come back with their log-probabilities (0: no logprobs for this row).
 struct RowSampling {
   const SamplingParams* params = nullptr;
   int64_t generated_index = 0;
   const std::vector<int32_t>* context_ids = nullptr;
+  int32_t logprobs = 0;  // 0..kMaxLogprobs
 };
 
 struct LoadOptions {
@@ -122,10 +126,14 @@ class Backend {
   // Runs the step and picks each logit row's token the way Sampler::Sample would from
   // Forward()'s logits (greedy, temperature, top-k, top-p, repetition penalty, the non-finite
   // guard: finite = 0 and no token for a row with a NaN/Inf). rows: one per logit row, in
-  // Forward()'s order. The default runs Forward() (ForwardGreedy() when every row is plain
-  // greedy) and Sampler on the host; a GPU backend samples on the device.
+  // Forward()'s order. logprobs (may be null when no row asks for them): one entry per row,
+  // filled as LogSoftmaxTop does from Forward()'s row for rows with RowSampling::logprobs > 0
+  // and finite logits, empty otherwise. The default runs Forward() (ForwardGreedy() when every
+  // row is plain greedy without logprobs) and Sampler on the host; a GPU backend samples and
+  // computes logprobs on the device.
   virtual absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
-                                     std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite);
+                                     std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite,
+                                     std::vector<RowLogprobs>* logprobs);
   // Pays the first-use costs of decode steps of up to max_num_seqs sequences before serving, so
   // that no request waits for them: on a GPU, each CUDA-graph batch size is run once eagerly
   // (kernel loads, GEMM tuning) and captured. Dummy steps write into KV block 0 only, which a
@@ -160,21 +168,46 @@ inline absl::Status Backend::ForwardGreedy(const StepBatch& batch,
   return absl::OkStatus();
 }
 
-// True when every row is greedy without a repetition penalty (ForwardGreedy() suffices).
+// True when every row is greedy without a repetition penalty or logprobs (ForwardGreedy()
+// suffices).
 inline bool AllPlainGreedy(std::span<const RowSampling> rows) {
   for (const RowSampling& row : rows) {
-    if (!row.params->greedy() || row.params->repetition_penalty != 1.0f) return false;
+    if (!row.params->greedy() || row.params->repetition_penalty != 1.0f || row.logprobs > 0) return false;
   }
   return true;
+}
+
+// ForwardSample's argument checks: one RowSampling per logit row, logprobs in range and a place
+// to put them. Sizes *logprobs to the rows (entries cleared).
+inline absl::Status CheckSampleRows(const StepBatch& batch, std::span<const RowSampling> rows,
+                                    std::vector<RowLogprobs>* logprobs) {
+  if (static_cast<int>(rows.size()) != batch.num_logit_rows()) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "ForwardSample: %d sampling rows for %d logit rows (one RowSampling per logit row is needed)",
+        rows.size(), batch.num_logit_rows()));
+  }
+  for (const RowSampling& row : rows) {
+    if (row.logprobs < 0 || row.logprobs > kMaxLogprobs) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "ForwardSample: logprobs %d for a row: use 0 to %d", row.logprobs, kMaxLogprobs));
+    }
+    if (row.logprobs > 0 && logprobs == nullptr) {
+      return absl::InvalidArgumentError("ForwardSample: a row asks for logprobs and there is no output for them");
+    }
+  }
+  if (logprobs != nullptr) {
+    logprobs->resize(rows.size());
+    for (RowLogprobs& lp : *logprobs) lp.top.clear();
+  }
+  return absl::OkStatus();
 }
 
 inline absl::Status Backend::ForwardSample(const StepBatch& batch,
                                            std::span<const RowSampling> rows,
                                            std::vector<int32_t>* token_ids,
-                                           std::vector<uint8_t>* finite) {
-  if (static_cast<int>(rows.size()) != batch.num_logit_rows()) {
-    return absl::InvalidArgumentError("ForwardSample: one RowSampling per logit row is needed");
-  }
+                                           std::vector<uint8_t>* finite,
+                                           std::vector<RowLogprobs>* logprobs) {
+  if (absl::Status s = CheckSampleRows(batch, rows, logprobs); !s.ok()) return s;
   if (AllPlainGreedy(rows)) return ForwardGreedy(batch, token_ids, finite);
   std::vector<float> logits;
   absl::Status status = Forward(batch, &logits);
@@ -183,12 +216,17 @@ inline absl::Status Backend::ForwardSample(const StepBatch& batch,
   token_ids->assign(rows.size(), 0);
   finite->assign(rows.size(), 1);
   Sampler sampler;
+  std::vector<float> raw;  // a logprobs row before the sampler processes it in place
   for (size_t r = 0; r < rows.size(); ++r) {
     std::span<float> row(logits.data() + static_cast<int64_t>(r) * vocab, static_cast<size_t>(vocab));
+    if (rows[r].logprobs > 0) raw.assign(row.begin(), row.end());
     const SampleOutcome outcome =
         sampler.Sample(row, *rows[r].params, *rows[r].context_ids, rows[r].generated_index);
     (*finite)[r] = outcome.nonfinite ? 0 : 1;
     (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
+    if (rows[r].logprobs > 0 && !outcome.nonfinite) {
+      LogSoftmaxTop(raw, outcome.token_id, rows[r].logprobs, &(*logprobs)[r]);
+    }
   }
   return absl::OkStatus();
 }

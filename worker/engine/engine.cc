@@ -20,28 +20,6 @@
 namespace glm {
 namespace {
 
-// The log-softmax of a logits row at `token` and its `n` most likely entries, most likely first
-// (ties: lower id first); log-sum-exp in double.
-void LogSoftmaxTop(std::span<const float> row, int32_t token, int32_t n, float* token_logprob,
-                   std::vector<TokenLogprob>* top) {
-  float max_logit = -std::numeric_limits<float>::infinity();
-  for (float v : row) max_logit = std::max(max_logit, v);
-  double sum = 0.0;
-  for (float v : row) sum += std::exp(static_cast<double>(v) - max_logit);
-  const double lse = max_logit + std::log(sum);
-  *token_logprob = static_cast<float>(row[static_cast<size_t>(token)] - lse);
-  // Selection with a sorted window of n: a candidate enters only if it beats the window's last.
-  std::vector<int32_t> best;
-  best.reserve(static_cast<size_t>(n) + 1);
-  auto better = [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
-  for (int32_t v = 0; v < static_cast<int32_t>(row.size()); ++v) {
-    if (static_cast<int32_t>(best.size()) == n && !better(v, best.back())) continue;
-    best.insert(std::upper_bound(best.begin(), best.end(), v, better), v);
-    if (static_cast<int32_t>(best.size()) > n) best.pop_back();
-  }
-  top->clear();
-  for (int32_t v : best) top->push_back({v, static_cast<float>(row[static_cast<size_t>(v)] - lse)});
-}
 
 // The usage counts every event of a request carries.
 void SetUsage(const Sequence& seq, TokenEvent* event) {
@@ -188,9 +166,8 @@ class Engine::Impl {
   absl::Status RunForward(const SchedulerOutput& output);
   // Fails a request whose logits were not finite (the guard), emitting none of its tokens.
   void FailNonFinite(Sequence* seq, int32_t generated_index);
-  // logits: the model's row for the token (before sampling processed it) when the request asked
-  // for logprobs, else null.
-  void AcceptToken(Sequence* seq, int32_t token_id, const float* logits = nullptr);
+  // logprobs: the token's (RowLogprobs) when the request asked for them, else null.
+  void AcceptToken(Sequence* seq, int32_t token_id, const RowLogprobs* logprobs = nullptr);
   // Adds text to the held-back text and returns what may be emitted now: everything up to the
   // first stop string (then *stop_hit), all of it when final, otherwise all but the last
   // max_stop_bytes - 1 bytes (cut at a character boundary), which might start a stop string.
@@ -228,6 +205,8 @@ class Engine::Impl {
   StepBatch batch_;
   std::vector<float> logits_;  // [num_logit_rows, vocab]
   std::vector<float> logprob_row_;  // [vocab] a row before sampling processes it (logprobs)
+  RowLogprobs host_logprobs_;       // a row's logprobs on the logits-observer path
+  std::vector<RowLogprobs> sampled_logprobs_;  // [num_logit_rows] from Backend::ForwardSample
   std::vector<RowSampling> row_sampling_;  // [num_logit_rows] for Backend::ForwardSample
   std::vector<int32_t> sampled_tokens_;    // [num_logit_rows] from Backend::ForwardSample
   std::vector<uint8_t> sampled_finite_;    // [num_logit_rows] 1 when the row's logits were finite
@@ -345,7 +324,7 @@ void Engine::Impl::Finish(Sequence* seq, FinishReason reason, absl::Status error
   }
 }
 
-void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id, const float* logits) {
+void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id, const RowLogprobs* logprobs) {
   const auto now = Sequence::Clock::now();
   if (seq->first_token_time == Sequence::Clock::time_point{}) seq->first_token_time = now;
   seq->last_token_time = now;
@@ -364,9 +343,9 @@ void Engine::Impl::AcceptToken(Sequence* seq, int32_t token_id, const float* log
   event.token_id = token_id;
   event.index = seq->num_generated() - 1;
   SetUsage(*seq, &event);
-  if (logits != nullptr && request.logprobs > 0) {
-    LogSoftmaxTop(std::span<const float>(logits, static_cast<size_t>(vocab_size_)), token_id,
-                  request.logprobs, &event.logprob, &event.top_logprobs);
+  if (logprobs != nullptr && request.logprobs > 0) {
+    event.logprob = logprobs->token_logprob;
+    event.top_logprobs = logprobs->top;
   }
 
   bool stop_hit = false;
@@ -392,7 +371,6 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
   batch_.token_ids.clear();
   batch_.positions.clear();
   batch_.seqs.clear();
-  bool logprobs_rows = false;  // a logits row of this step belongs to a request wanting logprobs
   for (const ScheduledSequence& scheduled : output.scheduled) {
     const Sequence& seq = *scheduled.seq;
     const int32_t start = seq.num_computed_tokens;
@@ -404,7 +382,6 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     step.context_len = end;
     step.block_table = seq.block_table;
     step.wants_logits = end == seq.num_tokens();
-    logprobs_rows = logprobs_rows || (step.wants_logits && seq.request.logprobs > 0);
     for (int32_t position = start; position < end; ++position) {
       batch_.token_ids.push_back(seq.token_ids[static_cast<size_t>(position)]);
       batch_.positions.push_back(position);
@@ -413,10 +390,10 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     batch_.seqs.push_back(std::move(step));
   }
 
-  // Unless someone watches logits or a request wants logprobs, the backend picks the tokens
-  // itself (on a GPU: sampling and the non-finite check on the device, no [rows, vocab] copy to
-  // the host).
-  const bool backend_samples = !options_.logits_observer && !logprobs_rows;
+  // Unless someone watches logits, the backend picks the tokens and computes the logprobs itself
+  // (on a GPU: sampling, logprobs and the non-finite check on the device, no [rows, vocab] copy
+  // to the host).
+  const bool backend_samples = !options_.logits_observer;
   absl::Status status;
   size_t expected = static_cast<size_t>(batch_.num_logit_rows()) * vocab_size_;
   if (backend_samples) {
@@ -424,11 +401,15 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     for (size_t i = 0; i < output.scheduled.size(); ++i) {
       if (!batch_.seqs[i].wants_logits) continue;
       const Sequence* seq = output.scheduled[i].seq;
-      row_sampling_.push_back({&seq->request.sampling, seq->num_generated(), &seq->token_ids});
+      row_sampling_.push_back(
+          {&seq->request.sampling, seq->num_generated(), &seq->token_ids, seq->request.logprobs});
     }
-    status = backend_->ForwardSample(batch_, row_sampling_, &sampled_tokens_, &sampled_finite_);
+    status = backend_->ForwardSample(batch_, row_sampling_, &sampled_tokens_, &sampled_finite_,
+                                     &sampled_logprobs_);
     expected = static_cast<size_t>(batch_.num_logit_rows());
-    if (status.ok() && sampled_finite_.size() != expected) sampled_tokens_.clear();
+    if (status.ok() && (sampled_finite_.size() != expected || sampled_logprobs_.size() != expected)) {
+      sampled_tokens_.clear();
+    }
   } else {
     status = backend_->Forward(batch_, &logits_);
   }
@@ -472,12 +453,13 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     if (backend_samples) {
       const bool finite = sampled_finite_[row] != 0;
       const int32_t token = sampled_tokens_[row];
+      const RowLogprobs& lp = sampled_logprobs_[row];
       row++;
       if (!finite) {
         FailNonFinite(seq, generated_index);
         continue;
       }
-      AcceptToken(seq, token);
+      AcceptToken(seq, token, &lp);
       continue;
     }
     std::span<float> logits(logits_.data() + row * vocab_size_, static_cast<size_t>(vocab_size_));
@@ -495,7 +477,8 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
       FailNonFinite(seq, generated_index);
       continue;
     }
-    AcceptToken(seq, outcome.token_id, wants_logprobs ? logprob_row_.data() : nullptr);
+    if (wants_logprobs) LogSoftmaxTop(logprob_row_, outcome.token_id, seq->request.logprobs, &host_logprobs_);
+    AcceptToken(seq, outcome.token_id, wants_logprobs ? &host_logprobs_ : nullptr);
   }
   if (options_.step_observer) options_.step_observer(step_info);
   return absl::OkStatus();

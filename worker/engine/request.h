@@ -7,7 +7,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "worker/backend/sampling/sampler.h"  // SamplingParams
+#include "worker/backend/sampling/logprobs.h"  // kMaxLogprobs, TokenLogprob
+#include "worker/backend/sampling/sampler.h"   // SamplingParams
 
 namespace glm {
 
@@ -29,16 +30,9 @@ struct GenerationRequest {
   int32_t priority = 0;                   // larger runs first when admitting
   // 0: none; 1..kMaxLogprobs: every generated token's log-probability and the `logprobs` most
   // likely tokens of its position, from the model's distribution (raw logits: before
-  // temperature, repetition penalty, top-k / top-p). Steps with such a request bring the logits
-  // to the host (Backend::Forward) instead of sampling on the device.
+  // temperature, repetition penalty, top-k / top-p). The backend computes them next to its
+  // sampler (Backend::ForwardSample; on a GPU on the device, without moving the logits).
   int32_t logprobs = 0;
-};
-
-constexpr int32_t kMaxLogprobs = 20;
-
-struct TokenLogprob {
-  int32_t token_id = -1;
-  float logprob = 0.f;
 };
 
 // One event per generated token; the last one has finished = true (it may carry no token,

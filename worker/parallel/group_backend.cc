@@ -145,9 +145,10 @@ class GroupBackend final : public Backend {
   // The leader samples; the followers only take part in the step (ForwardGreedy runs the same
   // collectives as Forward, and their tokens are dropped).
   absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
-                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite) override {
+                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite,
+                             std::vector<RowLogprobs>* logprobs) override {
     return Run(GroupMessageKind::kForwardGreedy, batch,
-               [&] { return local_->ForwardSample(batch, rows, token_ids, finite); });
+               [&] { return local_->ForwardSample(batch, rows, token_ids, finite, logprobs); });
   }
 
   MemoryReport Memory() const override { return local_->Memory(); }

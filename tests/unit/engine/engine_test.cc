@@ -807,6 +807,49 @@ TEST(Engine, LogprobsAreTheLogSoftmaxOfTheModelsLogitsAndChangeNoToken) {
   EXPECT_NE(refused.message().find("logprobs is 21: use 0 (none) to 20"), std::string::npos) << refused;
 }
 
+// The two places logprobs are computed agree: the backend's (ForwardSample, what serving uses)
+// and the engine's own from Forward()'s logits (the path a logits observer forces), token for
+// token and value for value.
+TEST(Engine, LogprobsFromTheBackendEqualThoseFromTheHostLogitsPath) {
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    GenerationRequest r = MakeRequest(absl::StrCat("lp", i), RandomPrompt(90 + i, 4 + i), 5,
+                                      i == 1 ? 0.8f : 0.0f, 11 + i);
+    r.logprobs = i == 2 ? kMaxLogprobs : 2 + i;
+    requests.push_back(r);
+  }
+  auto run = [&](bool observe) {
+    EngineOptions options = SmallOptions();
+    int observed = 0;
+    if (observe) options.logits_observer = [&](const std::string&, int32_t, const float*, int64_t) { ++observed; };
+    auto engine = MakeEngine(options);
+    Collector collector;
+    for (const GenerationRequest& r : requests) {
+      EXPECT_TRUE(engine->Submit(r, collector.For(r.request_id)).ok());
+    }
+    EXPECT_TRUE(engine->RunUntilIdle().ok());
+    EXPECT_EQ(observed > 0, observe);
+    std::vector<Result> results;
+    for (const GenerationRequest& r : requests) results.push_back(collector.Get(r.request_id));
+    return results;
+  };
+  const std::vector<Result> backend = run(false), host = run(true);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const std::string& id = requests[i].request_id;
+    EXPECT_EQ(backend[i].tokens, host[i].tokens) << id;
+    EXPECT_EQ(backend[i].logprobs, host[i].logprobs) << id;
+    ASSERT_EQ(backend[i].tops.size(), host[i].tops.size()) << id;
+    ASSERT_FALSE(backend[i].tops.empty()) << id;
+    for (size_t k = 0; k < backend[i].tops.size(); ++k) {
+      ASSERT_EQ(backend[i].tops[k].size(), static_cast<size_t>(requests[i].logprobs)) << id;
+      for (size_t n = 0; n < backend[i].tops[k].size(); ++n) {
+        EXPECT_EQ(backend[i].tops[k][n].token_id, host[i].tops[k][n].token_id) << id;
+        EXPECT_EQ(backend[i].tops[k][n].logprob, host[i].tops[k][n].logprob) << id;
+      }
+    }
+  }
+}
+
 TEST(Engine, TopK1AndTinyTopPEqualGreedy) {
   GenerationRequest greedy = MakeRequest("g", RandomPrompt(21, 6), 20);
   Result want = RunAlone(greedy);

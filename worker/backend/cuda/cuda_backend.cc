@@ -188,7 +188,8 @@ class CudaBackend : public Backend {
   absl::Status ForwardGreedy(const StepBatch& batch, std::vector<int32_t>* token_ids,
                              std::vector<uint8_t>* finite) override;
   absl::Status ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
-                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite) override;
+                             std::vector<int32_t>* token_ids, std::vector<uint8_t>* finite,
+                             std::vector<RowLogprobs>* logprobs) override;
   MemoryReport Memory() const override;
   int64_t KvBlocksThatFit(int32_t block_size) const override;
   absl::Status WarmUp(int32_t max_num_seqs) override;
@@ -265,6 +266,8 @@ class CudaBackend : public Backend {
   DeviceBuffer sampled_;      // [3, S] int32: tokens, finite flags, host-fallback flags
   DeviceBuffer sample_args_;  // [S] cuda::SampleRowArgs
   DeviceBuffer sample_ctx_;   // penalty scopes (context ids), grown on demand
+  DeviceBuffer logprob_vals_;  // [S, 1 + kDeviceMaxLogprobs] fp32, see cuda::LaunchLogprobs
+  DeviceBuffer logprob_ids_;   // [S, kDeviceMaxLogprobs] int32
   DeviceBuffer scalars_;      // fp32 [alpha, one, zero] + uint32 amax
   DeviceBuffer cublas_workspace_;
   int64_t activation_bytes_ = 0;
@@ -278,8 +281,11 @@ class CudaBackend : public Backend {
   PinnedBuffer sampled_host_;  // [3, S] int32
   PinnedBuffer sample_args_host_;  // [S] cuda::SampleRowArgs
   PinnedBuffer sample_ctx_host_;
+  PinnedBuffer logprob_vals_host_;
+  PinnedBuffer logprob_ids_host_;
   Sampler host_sampler_;           // rows the device sampler leaves to the host
   std::vector<float> host_row_;    // [V] one such row's logits
+  std::vector<float> host_raw_row_;  // [V] the same before the sampler processes it (logprobs)
   int64_t step_capacity_ints_ = 0;
 
   // GLM_CUDA_PROFILE=1 (read at every step): steps run eagerly with an event pair around each
@@ -601,6 +607,10 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
   RETURN_IF_ERROR(sampled_host_.Allocate(3 * S * sizeof(int32_t)));
   RETURN_IF_ERROR(sample_args_.Allocate(S * sizeof(cuda::SampleRowArgs)));
   RETURN_IF_ERROR(sample_args_host_.Allocate(S * sizeof(cuda::SampleRowArgs)));
+  RETURN_IF_ERROR(logprob_vals_.Allocate(S * (1 + cuda::kDeviceMaxLogprobs) * sizeof(float)));
+  RETURN_IF_ERROR(logprob_vals_host_.Allocate(S * (1 + cuda::kDeviceMaxLogprobs) * sizeof(float)));
+  RETURN_IF_ERROR(logprob_ids_.Allocate(S * cuda::kDeviceMaxLogprobs * sizeof(int32_t)));
+  RETURN_IF_ERROR(logprob_ids_host_.Allocate(S * cuda::kDeviceMaxLogprobs * sizeof(int32_t)));
   act_tokens_ = tokens;
   act_seqs_ = seqs;
   activation_bytes_ = (lt_tuner_ ? static_cast<int64_t>(lt_tuner_->device_bytes()) : 0) +
@@ -608,7 +618,8 @@ absl::Status CudaBackend::AllocateActivations(int tokens, int seqs) {
                       attn_.bytes() + gate_up_.bytes() + mlp_.bytes() + gemm_in_.bytes() +
                       partial_out_.bytes() + partial_ml_.bytes() + split_counters_.bytes() +
                       logits_act_.bytes() +
-                      logits_f32_.bytes() + sampled_.bytes() + sample_args_.bytes() + cublas_workspace_.bytes() +
+                      logits_f32_.bytes() + sampled_.bytes() + sample_args_.bytes() + logprob_vals_.bytes() +
+                      logprob_ids_.bytes() + cublas_workspace_.bytes() +
                       scalars_.bytes() + tp_logits_f32_.bytes() + tp_gathered_.bytes();
   return absl::OkStatus();
 }
@@ -1337,17 +1348,16 @@ absl::Status CudaBackend::ForwardGreedy(const StepBatch& batch, std::vector<int3
 
 absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const RowSampling> rows,
                                         std::vector<int32_t>* token_ids,
-                                        std::vector<uint8_t>* finite) {
+                                        std::vector<uint8_t>* finite,
+                                        std::vector<RowLogprobs>* logprobs) {
+  static_assert(cuda::kDeviceMaxLogprobs == kMaxLogprobs, "the device logprobs hold kMaxLogprobs entries");
+  RETURN_IF_ERROR(CheckSampleRows(batch, rows, logprobs));
   const int R = batch.num_logit_rows();
-  if (static_cast<int>(rows.size()) != R) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "ForwardSample: %d sampling rows for %d logit rows", rows.size(), R));
-  }
   if (AllPlainGreedy(rows)) return ForwardGreedy(batch, token_ids, finite);
   // GLM_CUDA_DEVICE_SAMPLING=0: a benchmark switch, every row sampled on the host from the
   // copied logits (Backend's default), for an A/B of the device sampler.
   static const bool on_device = cuda::EnvSwitchOn("GLM_CUDA_DEVICE_SAMPLING");
-  if (!on_device) return Backend::ForwardSample(batch, rows, token_ids, finite);
+  if (!on_device) return Backend::ForwardSample(batch, rows, token_ids, finite, logprobs);
   RETURN_IF_ERROR(RunStep(batch, true));  // fp32 logits in logits_f32_
   const int V = config_.vocab_size;
   // Row arguments and penalty scopes: pinned, one copy each. A penalty over a vocabulary too
@@ -1367,6 +1377,7 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
   int32_t* ctx = sample_ctx_host_.get<int32_t>();
   int32_t ctx_used = 0;
   bool with_penalty = false;
+  bool with_logprobs = false;
   for (int r = 0; r < R; ++r) {
     const SamplingParams& sp = *rows[r].params;
     cuda::SampleRowArgs& a = args[r];
@@ -1376,6 +1387,8 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
     a.top_p = sp.top_p;
     a.top_k = sp.top_k;
     a.penalty = sp.repetition_penalty;
+    a.logprobs = rows[r].logprobs;
+    with_logprobs |= a.logprobs > 0;
     if (sp.repetition_penalty != 1.0f) {
       if (!penalty_fits) {
         a.host_only = 1;
@@ -1400,24 +1413,51 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
                                           sample_args_.get<cuda::SampleRowArgs>(),
                                           sample_ctx_.get<int32_t>(), with_penalty, out,
                                           out + act_seqs_, out + 2 * act_seqs_, stream_));
+  // Logprobs of the raw rows at the sampled tokens: [R, 1 + n] values and [R, n] ids come back,
+  // never the rows.
+  constexpr int kLp = cuda::kDeviceMaxLogprobs;
+  if (with_logprobs) {
+    CUDA_RETURN_IF_ERROR(cuda::LaunchLogprobs(logits_f32_.get<float>(), R, V,
+                                              sample_args_.get<cuda::SampleRowArgs>(), out,
+                                              logprob_vals_.get<float>(), logprob_ids_.get<int32_t>(),
+                                              stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logprob_vals_host_.get<float>(), logprob_vals_.get(),
+                                         R * (1 + kLp) * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logprob_ids_host_.get<int32_t>(), logprob_ids_.get(),
+                                         R * kLp * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  }
   int32_t* host = sampled_host_.get<int32_t>();
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, out, (2 * act_seqs_ + R) * sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, stream_));
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   token_ids->assign(host, host + R);
   finite->resize(R);
+  const float* lp_vals = logprob_vals_host_.get<float>();
+  const int32_t* lp_ids = logprob_ids_host_.get<int32_t>();
   for (int r = 0; r < R; ++r) {
     (*finite)[r] = host[act_seqs_ + r] != 0;
-    if (host[2 * act_seqs_ + r] == 0) continue;
+    const int n = rows[r].logprobs;
+    if (host[2 * act_seqs_ + r] == 0) {
+      if (n == 0 || !(*finite)[r]) continue;
+      RowLogprobs& lp = (*logprobs)[r];
+      lp.token_logprob = lp_vals[r * (1 + kLp)];
+      for (int k = 0; k < n && lp_ids[r * kLp + k] >= 0; ++k) {
+        lp.top.push_back({lp_ids[r * kLp + k], lp_vals[r * (1 + kLp) + 1 + k]});
+      }
+      continue;
+    }
     // A row the device left alone (host_only: a penalty over a vocabulary too large for the
-    // kernel's bitmap; or a wide row it could not place): Sampler on its logits.
+    // kernel's bitmap; or a wide row it could not place): Sampler on its logits, logprobs from
+    // the row as it came.
     host_row_.resize(V);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(host_row_.data(), logits_f32_.get<float>() + int64_t{r} * V,
                                     V * sizeof(float), cudaMemcpyDeviceToHost));
+    if (n > 0) host_raw_row_ = host_row_;
     const SampleOutcome outcome = host_sampler_.Sample(host_row_, *rows[r].params,
                                                        *rows[r].context_ids, rows[r].generated_index);
     (*finite)[r] = outcome.nonfinite ? 0 : 1;
     (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
+    if (n > 0 && !outcome.nonfinite) LogSoftmaxTop(host_raw_row_, outcome.token_id, n, &(*logprobs)[r]);
   }
   return absl::OkStatus();
 }

@@ -205,6 +205,7 @@ struct SampleRowArgs {
   int32_t ctx_begin = 0;
   int32_t ctx_len = 0;
   int32_t host_only = 0;     // 1: leave the row to the host (fallback = 1)
+  int32_t logprobs = 0;      // LaunchLogprobs: the row's n most likely tokens (0: none)
 };
 // Candidates a row sorts in shared memory. A support wider than this (top_k above it, ties at the
 // k-th logit past the room, a top-p nucleus reaching past it) is sampled on the device too, by
@@ -222,6 +223,15 @@ int SampleMaxPenaltyVocab();
 cudaError_t LaunchSample(const float* logits, int rows, int V, const SampleRowArgs* args,
                          const int32_t* context_ids, bool with_penalty, int32_t* tokens,
                          int32_t* finite, int32_t* fallback, cudaStream_t stream);
+
+// Logprobs of the rows with args[r].logprobs = n in 1..kDeviceMaxLogprobs (worker/backend/sampling/
+// logprobs.h, LogSoftmaxTop's results; logits: [rows, V] fp32, the raw ones the sampler read;
+// tokens: [rows] the sampled tokens): values[r * (1 + kDeviceMaxLogprobs)] = logprob of tokens[r]
+// (NaN when it is outside [0, V)), then the n best tokens' logprobs, most likely first (ties: lower
+// id), with their ids in ids[r * kDeviceMaxLogprobs + i] (-1 past V entries). Other rows: untouched.
+constexpr int kDeviceMaxLogprobs = 20;
+cudaError_t LaunchLogprobs(const float* logits, int rows, int V, const SampleRowArgs* args,
+                           const int32_t* tokens, float* values, int32_t* ids, cudaStream_t stream);
 
 // Per logit row: token = first index of the largest value; finite = 1 when no value is NaN/Inf.
 // logits: [rows, V] act; logits_f32 (may be null): [rows, V] fp32 copy; tokens, finite: [rows].
