@@ -88,15 +88,25 @@ void RefAddRmsNorm(DType act, std::vector<float>& residual, const std::vector<fl
   }
 }
 
+// OverrideNormBlockThreads for a scope.
+struct NormThreadsOverride {
+  explicit NormThreadsOverride(int threads) { cuda::OverrideNormBlockThreads(threads); }
+  ~NormThreadsOverride() { cuda::OverrideNormBlockThreads(-1); }
+};
+
 TEST_P(KernelTest, AddRmsNormMatchesReferenceWithAndWithoutPostNormAndGather) {
   GLM_REQUIRE_CUDA_DEVICE();
   const TypeCase& tc = GetParam();
   const int T = 7;
   const float eps = 1e-5f;
-  // D = 4096: the 16-byte-vector kernel; D = 1002 (not a multiple of the vector width of any
-  // type): the shared-memory one.
-  for (int D : {4096, 1002})
+  // D = 4096: the 16-byte-vector kernel (2 vectors a thread at 256 threads, 4 at 128), 6144 (4 /
+  // 6: the register and the looping variants at 128); D = 1002 (not a multiple of the vector
+  // width of any type): the shared-memory one. Both block sizes of the vector kernel.
+  for (int threads : {256, 128})
+  for (int D : {4096, 6144, 1002})
   for (int variant = 0; variant < 4; ++variant) {  // plain, +delta, +delta+post, gather
+    NormThreadsOverride block(threads);
+    ASSERT_EQ(cuda::NormBlockThreads(), threads);
     Rng rng(10 + variant);
     TypedBuffer res(tc.types.act, T * D), del(tc.types.act, T * D), w(tc.types.weight, D),
         pw(tc.types.weight, D), out(tc.types.act, T * D);
@@ -118,7 +128,8 @@ TEST_P(KernelTest, AddRmsNormMatchesReferenceWithAndWithoutPostNormAndGather) {
                   want, gather ? &idx : nullptr, rows, D, eps);
     auto got = out.Download();
     got.resize(rows * D);
-    ExpectClose(got, want, 2 * tc.tol, 0.05f, "rmsnorm variant " + std::to_string(variant));
+    ExpectClose(got, want, 2 * tc.tol, 0.05f,
+                "rmsnorm variant " + std::to_string(variant) + " D=" + std::to_string(D) + " threads " + std::to_string(threads));
     if (with_delta) {
       auto got_res = res.Download();
       if (gather) {  // only gathered rows are updated
@@ -274,7 +285,8 @@ void RunAttentionCase(const TypeCase& tc, const AttnCase& ac, uint64_t seed, boo
   // Runs 0 and 1: the in-kernel split combine (tensor-core kernel with counters); it must leave
   // its counters at zero, so the second launch (a graph replay) gives the same rows bit for bit.
   // Runs 2.. : the same with each decode block shape forced (warps, pipeline depth; the automatic
-  // choice takes 4 warps and 4 stages for small batches like these). Last run: without counters
+  // choice takes 4 warps and 4 stages for small batches like these); prefill items take the
+  // forced depth too (3: the 3-stage prefill shape, else 2). Last run: without counters
   // (every split writes partials, the combine kernel merges them).
   struct Forced { int warps, stages; bool warp_pipes; const char* what; };
   const std::vector<Forced> shapes = {{4, 2, false, "4 warps, 2-stage pipeline"},

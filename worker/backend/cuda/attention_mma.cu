@@ -6,7 +6,7 @@
 // token-major, so K/V are read once per KV head for all G heads (GLM-4-9B: G = 16, so a decode
 // token is exactly one 16-row MMA tile). K/V tiles stream through shared memory with cp.async in a
 // pipeline of 2-4 stages; rows beyond the context are zero-filled. A tile holds 16 keys per warp.
-// Block shapes (DecodeShape): prefill 4 warps / 64-key tiles / 2 stages; decode 4 warps / 64-key
+// Block shapes (DecodeShape): prefill 4 warps / 64-key tiles / 2 stages (3 for A/B runs); decode 4 warps / 64-key
 // tiles with 4 stages for small batches (a block keeps a whole short context in flight), or for
 // large batches 2 warps / 32-key tiles with 3 stages (less shared memory a block: more blocks per
 // SM, so a large batch fits one wave; 2 and 4 stages, and 4 warps / 2 stages, for A/B runs), each
@@ -697,8 +697,13 @@ cudaError_t LaunchRows(const AttentionArgs& a, int G, cudaStream_t stream) {
     if (shape.stages == 4) return LaunchTyped<T, DH, 4, 1, 4>(a, G, stream);
     return LaunchTyped<T, DH, 4, 1, 2>(a, G, stream);
   }
-  if (rows <= 32) return LaunchTyped<T, DH, 4, 2, 2>(a, G, stream);
-  return LaunchTyped<T, DH, 4, 4, 2>(a, G, stream);
+  // Prefill items (4 warps, 64-key tiles): 2 stages (70 KB at Dh = 128: 3 blocks an SM), or 3
+  // (104 KB: 2 blocks an SM, each with two tiles in flight ahead of the one it computes), for A/B
+  // runs (GLM_CUDA_ATTN_PREFILL_STAGES=3) and the kernel tests (a.stages = 3).
+  static const int prefill_stages = PositiveEnvOr("GLM_CUDA_ATTN_PREFILL_STAGES", 2);
+  const bool three = (a.stages != 0 ? a.stages : prefill_stages) == 3;
+  if (rows <= 32) return three ? LaunchTyped<T, DH, 4, 2, 3>(a, G, stream) : LaunchTyped<T, DH, 4, 2, 2>(a, G, stream);
+  return three ? LaunchTyped<T, DH, 4, 4, 3>(a, G, stream) : LaunchTyped<T, DH, 4, 4, 2>(a, G, stream);
 }
 
 template <typename T>

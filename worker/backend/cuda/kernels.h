@@ -136,6 +136,14 @@ enum class NormStageSite { kGemvPrologue, kAddNorm };
 bool NormWeightStaging(NormStageSite site);
 void OverrideNormWeightStaging(int mode);
 
+// Threads a block of LaunchAddRmsNorm's 16-byte-vector kernel (one row a block): 256, or 128
+// with GLM_CUDA_NORM_THREADS=128 (read once; an A/B switch: twice the blocks an SM, each thread
+// with twice as many of its row's vectors in flight). The block size orders the sum of squares
+// differently, so results may differ in the last bit. OverrideNormBlockThreads: 128 or 256, or
+// -1 back to the environment (tests run both in one process).
+int NormBlockThreads();
+void OverrideNormBlockThreads(int threads);
+
 // Memory-bound small-M GEMM: y[M, N] = alpha * x[M, K] . w[N, K]^T, x and w in the weight type,
 // y in the act type, fp32 accumulation; alpha: device scalar or null (1). For decode (M <= 4).
 // Narrow shapes split K over up to 4 warps of a block (GemvSplitK); results depend on the split

@@ -15,6 +15,7 @@ namespace cuda {
 namespace {
 std::atomic<bool> g_programmatic_launch{false};
 std::atomic<int> g_norm_stage_override{-1};  // OverrideNormWeightStaging
+std::atomic<int> g_norm_threads_override{-1};  // OverrideNormBlockThreads
 
 int CurrentDeviceAttribute(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
@@ -60,6 +61,16 @@ bool NormWeightStaging(NormStageSite site) {
 }
 
 void OverrideNormWeightStaging(int mode) { g_norm_stage_override.store(mode < 0 ? -1 : mode != 0); }
+
+int NormBlockThreads() {
+  static const int from_env = PositiveEnvOr("GLM_CUDA_NORM_THREADS", 256) == 128 ? 128 : 256;
+  const int forced = g_norm_threads_override.load(std::memory_order_relaxed);
+  return forced == 128 || forced == 256 ? forced : from_env;
+}
+
+void OverrideNormBlockThreads(int threads) {
+  g_norm_threads_override.store(threads == 128 || threads == 256 ? threads : -1);
+}
 
 namespace {
 // Every thread reads its 16-byte vectors through the L2 (ld.global.cg) and folds them into a

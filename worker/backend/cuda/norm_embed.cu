@@ -95,8 +95,9 @@ AddRmsNormKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
 // Six blocks an SM at least (75% occupancy; the register count at no bound gave four).
 // stage (decided in LaunchAddRmsNorm): the norm weights go to dynamic shared memory
 // before the wait (StageNormWeights), weight then post_weight.
-template <typename Act, typename Weight, int kPer>
-__global__ void __launch_bounds__(kRowThreads, kPer <= 2 ? 6 : 4)
+// kThreads: the block (256, or 128 for GLM_CUDA_NORM_THREADS A/B runs: twice the rows an SM).
+template <typename Act, typename Weight, int kPer, int kThreads = kRowThreads>
+__global__ void __launch_bounds__(kThreads, kThreads <= 128 ? 8 : (kPer <= 2 ? 6 : 4))
 AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
                     const Weight* __restrict__ post_weight, const Weight* __restrict__ weight,
                     Act* __restrict__ out, const int32_t* __restrict__ row_index, int D, float eps,
@@ -107,7 +108,7 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   Weight* const s_post = s_w + D;
   const bool staged = kNormStageable<Act, Weight> && stage;
   if constexpr (kNormStageable<Act, Weight>) {
-    if (staged) StageNormWeights<Act, Weight, kRowThreads>(post_weight, weight, s_post, s_w, D);
+    if (staged) StageNormWeights<Act, Weight, kThreads>(post_weight, weight, s_post, s_w, D);
   }
   GridDependencyWait();
   LaunchDependents();
@@ -120,9 +121,9 @@ AddRmsNormVecKernel(Act* __restrict__ residual, const Act* __restrict__ delta,
   const Act* del = delta ? delta + static_cast<int64_t>(r) * D : nullptr;
   Act* o = out + static_cast<int64_t>(i) * D;
   if constexpr (kPer > 0) {
-    AddRmsNormRowRegs<Act, Weight, kRowThreads, kPer>(res, del, post_w, w, res, o, D, eps, scratch);
+    AddRmsNormRowRegs<Act, Weight, kThreads, kPer>(res, del, post_w, w, res, o, D, eps, scratch);
   } else {
-    AddRmsNormRow<Act, Weight, kRowThreads>(res, del, post_w, w, res, o, D, eps, scratch);
+    AddRmsNormRow<Act, Weight, kThreads>(res, del, post_w, w, res, o, D, eps, scratch);
   }
 }
 
@@ -253,8 +254,12 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
   return GLM_DISPATCH_TYPES(types, {
     constexpr int kV = TVec<Act>::kN;
     if (D % kV == 0) {
-      const int per = (D / kV + kRowThreads - 1) / kRowThreads;  // vectors a thread
-      auto* kernel = per <= 1   ? AddRmsNormVecKernel<Act, Weight, 1>
+      const int threads = NormBlockThreads();
+      const int per = (D / kV + threads - 1) / threads;  // vectors a thread
+      auto* kernel = threads == 128 ? (per <= 2   ? AddRmsNormVecKernel<Act, Weight, 2, 128>
+                                       : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4, 128>
+                                                  : AddRmsNormVecKernel<Act, Weight, 0, 128>)
+                     : per <= 1 ? AddRmsNormVecKernel<Act, Weight, 1>
                      : per <= 2 ? AddRmsNormVecKernel<Act, Weight, 2>
                      : per <= 4 ? AddRmsNormVecKernel<Act, Weight, 4>
                                 : AddRmsNormVecKernel<Act, Weight, 0>;
@@ -262,7 +267,7 @@ cudaError_t LaunchAddRmsNorm(KernelTypes types, void* residual, const void* delt
       const size_t stage_bytes = NormStageBytes<Weight>(D, post_weight != nullptr);
       const bool stage = kNormStageable<Act, Weight> &&
                          NormWeightStaging(NormStageSite::kAddNorm) && stage_bytes <= 24 * 1024;
-      return LaunchKernel(kernel, rows, kRowThreads, stage ? stage_bytes : 0, stream,
+      return LaunchKernel(kernel, rows, threads, stage ? stage_bytes : 0, stream,
                           static_cast<Act*>(residual), static_cast<const Act*>(delta),
                           static_cast<const Weight*>(post_weight), static_cast<const Weight*>(weight),
                           static_cast<Act*>(out), row_index, D, eps, stage);
