@@ -200,6 +200,7 @@ TEST_P(ModelTest, ForwardMatchesCpuReferenceThroughChunkedPrefillAndGraphDecode)
       }
       // Plain greedy rows with logprobs: the sampler's path, not the argmax-only one.
       SamplingParams greedy_params;
+      greedy_params.temperature = 0.0f;
       for (size_t r = 0; r < rows.size(); ++r) {
         rows[r].params = &greedy_params;
         rows[r].logprobs = 1 + static_cast<int32_t>(r % 4);
