@@ -117,6 +117,11 @@ struct Streams {
       });
     }
   }
+  int Finished() const {
+    int n = 0;
+    for (const auto& t : tokens) n += t.load() == (1 << 20);
+    return n;
+  }
   int MinTokens() const {
     int m = 1 << 30;
     for (const auto& t : tokens) m = std::min(m, t.load());
@@ -462,7 +467,9 @@ TEST_F(RouterResilience, AdmissionQueueIsBoundedHonoursDeadlinesAndPutsInteracti
       }
       q.result.status = reader->Finish();
     });
-    absl::SleepFor(absl::Milliseconds(150));  // arrival order is part of the check
+    // Arrival order is part of the check: the gap outlasts a client thread's start and connect on
+    // a loaded machine (150 ms was seen to reorder batch-1 and batch-2 under ctest -j16).
+    absl::SleepFor(absl::Milliseconds(400));
   }
   // The queue (3) is full: the next one is refused at once with a retry hint.
   {
@@ -493,10 +500,23 @@ TEST_F(RouterResilience, AdmissionQueueIsBoundedHonoursDeadlinesAndPutsInteracti
 }
 
 TEST_F(RouterResilience, TenTimesOverloadIsOnlyResourceExhaustedWithBoundedRouterMemory) {
-  // Capacity: 2 workers x 2 streams + 4 queued = 8; each wave sends 80.
-  auto router = Router("overload-router", {"--max-streams-per-worker=2", "--queue-size=4"});
+  // Capacity: 2 workers x 2 streams + 4 queued = 8; each wave sends 80. The workers are paused
+  // (SIGSTOP) while a wave arrives, so the accepted requests hold their slots however slowly the
+  // 80 client threads start on a loaded machine (the router's liveness timeouts are long enough
+  // not to eject them meanwhile), and resumed once every refused request has its answer.
+  auto router = Router("overload-router", {"--max-streams-per-worker=2", "--queue-size=4",
+                                           "--stall-timeout-ms=60000", "--heartbeat-timeout-ms=60000"});
   ASSERT_TRUE(router);
   auto workers = Workers(*router, {"o0", "o1"});
+  struct Paused {  // both workers stopped for a scope
+    std::vector<Process*> procs;
+    explicit Paused(std::vector<Process*> p) : procs(std::move(p)) {
+      for (Process* q : procs) q->Signal(SIGSTOP);
+    }
+    ~Paused() {
+      for (Process* q : procs) q->Signal(SIGCONT);
+    }
+  };
   ASSERT_TRUE(Generate(router->address(), SampledRequest("warm up", 4, 1)).status.ok());
   const long rss_before = VmRssKiB(router->process->pid());
   ASSERT_GT(rss_before, 0);
@@ -509,7 +529,12 @@ TEST_F(RouterResilience, TenTimesOverloadIsOnlyResourceExhaustedWithBoundedRoute
       requests.push_back(SampledRequest(absl::StrCat("overload ", wave, " ", i), kTokens, i));
     }
     Streams burst(kRequests);
-    burst.Start(router->address(), requests, absl::Seconds(120));
+    {
+      Paused paused({workers["o0"]->process.get(), workers["o1"]->process.get()});
+      burst.Start(router->address(), requests, absl::Seconds(120));
+      ASSERT_TRUE(WaitFor([&] { return burst.Finished() >= kRequests - 8; }, absl::Seconds(60)))
+          << burst.Finished() << " of " << kRequests << " answered while the workers are paused";
+    }
     burst.Join();
     int ok = 0, exhausted = 0;
     for (const StreamResult& r : burst.results) {
