@@ -20,7 +20,6 @@
 namespace glm {
 namespace {
 
-
 // The usage counts every event of a request carries.
 void SetUsage(const Sequence& seq, TokenEvent* event) {
   event->prompt_tokens = seq.num_prompt_tokens;
