@@ -177,6 +177,17 @@ inline bool AllPlainGreedy(std::span<const RowSampling> rows) {
   return true;
 }
 
+// One host row through Sampler::Sample (which processes `logits` in place: penalty,
+// temperature) and, when row.logprobs > 0 and the row is finite, its logprobs from the row as it
+// came (LogSoftmaxTop; raw: scratch for that copy).
+inline SampleOutcome SampleHostRow(Sampler& sampler, std::span<float> logits, const RowSampling& row,
+                                   std::vector<float>* raw, RowLogprobs* logprobs) {
+  if (row.logprobs > 0) raw->assign(logits.begin(), logits.end());
+  SampleOutcome outcome = sampler.Sample(logits, *row.params, *row.context_ids, row.generated_index);
+  if (row.logprobs > 0 && !outcome.nonfinite) LogSoftmaxTop(*raw, outcome.token_id, row.logprobs, logprobs);
+  return outcome;
+}
+
 // ForwardSample's argument checks: one RowSampling per logit row, logprobs in range and a place
 // to put them. Sizes *logprobs to the rows (entries cleared).
 inline absl::Status CheckSampleRows(const StepBatch& batch, std::span<const RowSampling> rows,
@@ -216,17 +227,13 @@ inline absl::Status Backend::ForwardSample(const StepBatch& batch,
   token_ids->assign(rows.size(), 0);
   finite->assign(rows.size(), 1);
   Sampler sampler;
-  std::vector<float> raw;  // a logprobs row before the sampler processes it in place
+  std::vector<float> raw;
   for (size_t r = 0; r < rows.size(); ++r) {
     std::span<float> row(logits.data() + static_cast<int64_t>(r) * vocab, static_cast<size_t>(vocab));
-    if (rows[r].logprobs > 0) raw.assign(row.begin(), row.end());
     const SampleOutcome outcome =
-        sampler.Sample(row, *rows[r].params, *rows[r].context_ids, rows[r].generated_index);
+        SampleHostRow(sampler, row, rows[r], &raw, logprobs != nullptr ? &(*logprobs)[r] : nullptr);
     (*finite)[r] = outcome.nonfinite ? 0 : 1;
     (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
-    if (rows[r].logprobs > 0 && !outcome.nonfinite) {
-      LogSoftmaxTop(raw, outcome.token_id, rows[r].logprobs, &(*logprobs)[r]);
-    }
   }
   return absl::OkStatus();
 }

@@ -468,16 +468,14 @@ absl::Status Engine::Impl::RunForward(const SchedulerOutput& output) {
     }
     // The sampler processes the row in place (penalty, temperature): logprobs come from a copy
     // of the model's own row.
-    const bool wants_logprobs = seq->request.logprobs > 0;
-    if (wants_logprobs) logprob_row_.assign(logits.begin(), logits.end());
-    SampleOutcome outcome =
-        sampler_.Sample(logits, seq->request.sampling, seq->token_ids, generated_index);
+    const RowSampling sampling{&seq->request.sampling, generated_index, &seq->token_ids,
+                               seq->request.logprobs};
+    SampleOutcome outcome = SampleHostRow(sampler_, logits, sampling, &logprob_row_, &host_logprobs_);
     if (outcome.nonfinite) {
       FailNonFinite(seq, generated_index);
       continue;
     }
-    if (wants_logprobs) LogSoftmaxTop(logprob_row_, outcome.token_id, seq->request.logprobs, &host_logprobs_);
-    AcceptToken(seq, outcome.token_id, wants_logprobs ? &host_logprobs_ : nullptr);
+    AcceptToken(seq, outcome.token_id, sampling.logprobs > 0 ? &host_logprobs_ : nullptr);
   }
   if (options_.step_observer) options_.step_observer(step_info);
   return absl::OkStatus();

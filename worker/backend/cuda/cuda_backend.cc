@@ -1452,12 +1452,10 @@ absl::Status CudaBackend::ForwardSample(const StepBatch& batch, std::span<const 
     host_row_.resize(V);
     CUDA_RETURN_IF_ERROR(cudaMemcpy(host_row_.data(), logits_f32_.get<float>() + int64_t{r} * V,
                                     V * sizeof(float), cudaMemcpyDeviceToHost));
-    if (n > 0) host_raw_row_ = host_row_;
-    const SampleOutcome outcome = host_sampler_.Sample(host_row_, *rows[r].params,
-                                                       *rows[r].context_ids, rows[r].generated_index);
+    const SampleOutcome outcome = SampleHostRow(host_sampler_, host_row_, rows[r], &host_raw_row_,
+                                                n > 0 ? &(*logprobs)[r] : nullptr);
     (*finite)[r] = outcome.nonfinite ? 0 : 1;
     (*token_ids)[r] = outcome.nonfinite ? 0 : outcome.token_id;
-    if (n > 0 && !outcome.nonfinite) LogSoftmaxTop(host_raw_row_, outcome.token_id, n, &(*logprobs)[r]);
   }
   return absl::OkStatus();
 }

@@ -34,6 +34,25 @@ __device__ __forceinline__ void MergeLse(float& m, float& s, float om, float os)
   m = nm;
 }
 
+// The warp's best (value, id) and the thread t that offered it; every lane gets the result.
+__device__ __forceinline__ void WarpBestEntry(float& v, int& i, int& t) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    const int ot = __shfl_xor_sync(0xffffffffu, t, o);
+    if (Beats(ov, oi, v, i)) { v = ov; i = oi; t = ot; }
+  }
+}
+
+// The warp's (max, sum of exp) over its lanes' pairs; every lane gets the result.
+__device__ __forceinline__ void WarpMergeLse(float& m, float& s) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  }
+}
+
 __global__ void __launch_bounds__(kLogprobThreads)
 LogprobsKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __restrict__ args,
                const int32_t* __restrict__ tokens, float* __restrict__ values,
@@ -90,19 +109,13 @@ LogprobsKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __r
   __shared__ int s_winner;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Log-sum-exp of the row.
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-  }
+  WarpMergeLse(m, s);
   if (lane == 0) { s_m[warp] = m; s_s[warp] = s; }
   __syncthreads();
   if (warp == 0) {
     m = lane < kWarps ? s_m[lane] : -INFINITY;
     s = lane < kWarps ? s_s[lane] : 0.f;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      MergeLse(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    }
+    WarpMergeLse(m, s);
     if (lane == 0) s_lse = m + logf(s);
   }
   __syncthreads();
@@ -119,26 +132,14 @@ LogprobsKernel(const float* __restrict__ logits, int V, const SampleRowArgs* __r
     float v = head < count ? best_v[head] : -INFINITY;
     int i = head < count ? best_i[head] : INT_MAX;
     int t = threadIdx.x;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-      const int ot = __shfl_xor_sync(0xffffffffu, t, o);
-      if (Beats(ov, oi, v, i)) { v = ov; i = oi; t = ot; }
-    }
+    WarpBestEntry(v, i, t);
     if (lane == 0) { s_v[warp] = v; s_i[warp] = i; s_t[warp] = t; }
     __syncthreads();
     if (warp == 0) {
       v = lane < kWarps ? s_v[lane] : -INFINITY;
       i = lane < kWarps ? s_i[lane] : INT_MAX;
       t = lane < kWarps ? s_t[lane] : -1;
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-        const int ot = __shfl_xor_sync(0xffffffffu, t, o);
-        if (Beats(ov, oi, v, i)) { v = ov; i = oi; t = ot; }
-      }
+      WarpBestEntry(v, i, t);
       if (lane == 0) {
         out_v[1 + k] = v - lse;
         out_i[k] = i == INT_MAX ? -1 : i;
